@@ -1,0 +1,72 @@
+"""A connection to the control plane: one gRPC channel, error mapping, and retries.
+
+Every unary call goes through `Connection.call`, which turns a gRPC status into the matching
+`ember.errors` kind (the reverse of the server's mapping) and retries while the control plane is
+unreachable, for up to `RECONNECT_S`: a control plane that restarts mid-map is waited for, and
+every request the SDK sends is safe to repeat (call ids are made here, inputs are keyed by
+position, outputs are read after a sequence number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypeVar
+
+import grpc
+
+from ember import errors
+from ember.proto import api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 120.0
+MAX_MESSAGE_BYTES = 256 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+Response = TypeVar("Response")
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.Error:
+    code = error.code()
+    kind = errors.ERROR_FOR_CODE.get(code.name if code else "", errors.Error)
+    return kind(error.details() or str(code))
+
+
+class Connection:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self.ember = api_pb2_grpc.EmberStub(self.channel)
+        self.workers = api_pb2_grpc.WorkersStub(self.channel)
+
+    async def call(
+        self, method: Any, request: Any, *, timeout: float | None = None, retry: bool = True
+    ) -> Any:
+        """`await conn.call(conn.ember.AppCreate, request)`, mapped errors, reconnecting."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + RECONNECT_S
+        delay = 0.05
+        while True:
+            try:
+                return await method(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
+                if not (retry and unavailable) or loop.time() > give_up_at:
+                    if unavailable:
+                        raise errors.ConnectionError(
+                            f"cannot reach the ember control plane at {self.url}: {error.details()}"
+                        ) from None
+                    raise error_from_rpc(error) from None
+            log.debug("control plane unavailable; retrying in %.2fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        await self.channel.close()

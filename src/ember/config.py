@@ -1,0 +1,24 @@
+"""Where ember keeps its state, and how a process finds the control plane.
+
+Everything comes from the environment, so a test or a second cluster can point elsewhere:
+
+- `EMBER_DATA_DIR`: the data directory (default `~/.local/share/ember`), home of the local
+  cluster, the base image and the worker's containers. It lives outside any checkout so that slow
+  things (the base image) are built once per machine.
+- `EMBER_SERVER_URL`: a control plane to use instead of the local cluster (`host:port`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    configured = os.environ.get("EMBER_DATA_DIR")
+    path = Path(configured) if configured else Path.home() / ".local" / "share" / "ember"
+    return path.expanduser().absolute()
+
+
+def server_url() -> str | None:
+    return os.environ.get("EMBER_SERVER_URL") or None

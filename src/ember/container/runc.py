@@ -1,0 +1,251 @@
+"""Runtime implementation on runc: each container runs on its own overlay over the image.
+
+Layout under `state_dir`:
+
+    runc/               runc's state (`runc --root`), apart from any other runc user on the host
+    containers/<id>/    config.json; upper/ and work/ (the writable layer); rootfs/ (the overlay
+                        mount); stdout and stderr (the logs); pid (written by runc once started)
+
+A container is run by a foreground `runc run --keep` in its own session: it survives a restart
+of this process, its exit code is runc's, and `--keep` leaves the stopped container's cgroup in
+place so the OOM-kill count can still be read until `remove` deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from ember.container import cgroups, overlay
+from ember.container.runtime import ContainerConfig, ExitStatus
+from ember.container.spec import build_spec
+from ember.errors import ExecutionError
+
+_CONTAINER_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+# How often start() looks for runc's pid file; runc itself takes tens of milliseconds.
+_START_POLL_S = 0.001
+
+# How long remove() waits for `runc run` to exit once its container is deleted.
+_RUNC_EXIT_TIMEOUT_S = 5.0
+
+# How long remove() keeps trying to delete a cgroup whose killed processes are still exiting.
+_CGROUP_REMOVE_TIMEOUT_S = 5.0
+
+_ERROR_TAIL_CHARS = 4000
+
+
+class RuncRuntime:
+    """Runs containers with runc; see `ember.container.runtime.Runtime` for the lifecycle."""
+
+    def __init__(self, state_dir: Path, runc: str = "runc") -> None:
+        self._state_dir = state_dir
+        self._containers = state_dir / "containers"
+        self._runc_root = state_dir / "runc"
+        self._runc = runc
+        # The `runc run` processes this object started; containers started by an earlier
+        # process have none and are watched through their pid instead.
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(self, config: ContainerConfig) -> None:
+        container_id = config.container_id
+        _check_id(container_id)
+        if not config.image_root.is_dir():
+            raise ExecutionError(f"the image root {config.image_root} is not a directory")
+        directory = self._containers / container_id
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            raise ExecutionError(f"container {container_id} already exists on this host") from None
+        try:
+            await self._start_in(directory, config)
+        except BaseException:
+            await self.remove(container_id)
+            raise
+
+    async def _start_in(self, directory: Path, config: ContainerConfig) -> None:
+        rootfs = directory / "rootfs"
+        for name in ("upper", "work", "rootfs"):
+            (directory / name).mkdir()
+        overlay.mount_overlay(config.image_root, directory / "upper", directory / "work", rootfs)
+        spec = build_spec(
+            config,
+            rootfs,
+            cgroups.container_cgroup(config.container_id),
+            limit_swap=cgroups.swap_limit_supported(),
+        )
+        (directory / "config.json").write_text(json.dumps(spec))
+        pid_file = directory / "pid"
+        stdout_path, stderr_path = self.log_paths(config.container_id)
+        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+            process = await self._exec(
+                "run", "--keep", "--bundle", str(directory), "--pid-file", str(pid_file),
+                config.container_id,
+                stdout=stdout, stderr=stderr, start_new_session=True,
+            )  # fmt: skip
+        self._processes[config.container_id] = process
+        # runc writes the pid file once the container's process runs; if runc exits first, it
+        # failed, and what it said is in the stderr log.
+        while not pid_file.exists():
+            if process.returncode is not None:
+                said = stderr_path.read_text(errors="replace")[-_ERROR_TAIL_CHARS:]
+                raise ExecutionError(
+                    f"runc could not start container {config.container_id}: {said.strip()}"
+                )
+            await asyncio.sleep(_START_POLL_S)
+
+    async def wait(self, container_id: str) -> ExitStatus:
+        _check_id(container_id)
+        process = self._processes.get(container_id)
+        returncode = None if process is None else await process.wait()
+        exit_code = killed_by = None
+        if returncode is None or returncode < 0:
+            # No runc watching (started by an earlier process), or runc itself was killed while
+            # the container may live on: wait for the container's process, exit code unknown.
+            await self._wait_unwatched(container_id)
+        elif returncode > 128:  # runc's convention for a container killed by a signal
+            killed_by = returncode - 128
+        else:
+            exit_code = returncode
+        oom_killed = cgroups.oom_kill_count(cgroups.container_cgroup(container_id)) > 0
+        return ExitStatus(exit_code=exit_code, signal=killed_by, oom_killed=oom_killed)
+
+    async def _wait_unwatched(self, container_id: str) -> None:
+        state = await self._state(container_id)
+        if state is None or state["status"] == "stopped":
+            return
+        try:
+            pidfd = os.pidfd_open(state["pid"])
+        except ProcessLookupError:
+            return
+        try:
+            # runc checks the process's start time, so asking again after pidfd_open rules out
+            # a pid reused by another process in between.
+            state = await self._state(container_id)
+            if state is not None and state["status"] != "stopped":
+                await _readable(pidfd)  # a pidfd turns readable when its process exits
+        finally:
+            os.close(pidfd)
+
+    async def kill(self, container_id: str, sig: int = signal.SIGKILL) -> None:
+        _check_id(container_id)
+        returncode, _, stderr = await self._run("kill", container_id, str(int(sig)))
+        if returncode != 0:
+            state = await self._state(container_id)
+            if state is not None and state["status"] != "stopped":
+                raise ExecutionError(f"runc kill {container_id} failed: {stderr.strip()}")
+
+    async def remove(self, container_id: str) -> None:
+        _check_id(container_id)
+        process = self._processes.pop(container_id, None)
+        await self._delete(container_id)
+        if process is not None and process.returncode is None:
+            try:
+                await asyncio.wait_for(process.wait(), _RUNC_EXIT_TIMEOUT_S)
+            except TimeoutError:
+                # runc was still creating the container when it was deleted: stop runc and
+                # delete whatever it made in the meantime.
+                process.kill()
+                await process.wait()
+                await self._delete(container_id)
+        await self._remove_cgroup(container_id)
+        directory = self._containers / container_id
+        for mount_point in overlay.mounts_under(directory):
+            overlay.unmount(mount_point)
+        if directory.exists():
+            shutil.rmtree(directory)
+
+    def log_paths(self, container_id: str) -> tuple[Path, Path]:
+        _check_id(container_id)
+        directory = self._containers / container_id
+        return directory / "stdout", directory / "stderr"
+
+    def list(self) -> list[str]:
+        if not self._containers.is_dir():
+            return []
+        return sorted(entry.name for entry in self._containers.iterdir())
+
+    async def cleanup_stale(self) -> list[str]:
+        ids = set(self.list())
+        if self._runc_root.is_dir():
+            # A container whose directory is gone but whose runc state is not.
+            ids.update(entry.name for entry in self._runc_root.iterdir() if entry.is_dir())
+        for container_id in sorted(ids):
+            await self.remove(container_id)
+        # Anything still mounted under the state directory belongs to no known container.
+        for mount_point in overlay.mounts_under(self._state_dir):
+            overlay.unmount(mount_point)
+        return sorted(ids)
+
+    async def _delete(self, container_id: str) -> None:
+        if not (self._runc_root / container_id).exists():
+            return  # runc has no state for it; skip a runc process start
+        returncode, _, stderr = await self._run("delete", "--force", container_id)
+        if returncode != 0 and await self._state(container_id) is not None:
+            raise ExecutionError(f"runc delete {container_id} failed: {stderr.strip()}")
+
+    async def _remove_cgroup(self, container_id: str) -> None:
+        # runc deletes the cgroup with the container; this is for a runc that died part-way.
+        path = cgroups.container_cgroup(container_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CGROUP_REMOVE_TIMEOUT_S
+        while cgroups.directories(path):
+            cgroups.kill_all(path)
+            if cgroups.try_remove(path):
+                return
+            if loop.time() > deadline:
+                raise ExecutionError(f"cannot remove cgroup {path}: its processes do not exit")
+            await asyncio.sleep(0.01)
+
+    async def _state(self, container_id: str) -> dict[str, Any] | None:
+        """runc's view of the container (`status`, `pid`, ...), or None if it has none."""
+        returncode, stdout, _ = await self._run("state", container_id)
+        return json.loads(stdout) if returncode == 0 else None
+
+    async def _run(self, *args: str) -> tuple[int, str, str]:
+        process = await self._exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        stdout, stderr = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+    async def _exec(self, *args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                self._runc, "--root", str(self._runc_root), *args,
+                stdin=asyncio.subprocess.DEVNULL, **kwargs,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise ExecutionError(
+                f"the OCI runtime {self._runc!r} is not installed (apt-get install runc)"
+            ) from None
+
+
+def _check_id(container_id: str) -> None:
+    if not _CONTAINER_ID.fullmatch(container_id):
+        raise ExecutionError(
+            f"invalid container id {container_id!r}: use lowercase letters, digits and '-', "
+            "not starting with '-'"
+        )
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)

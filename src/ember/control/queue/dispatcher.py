@@ -1,0 +1,343 @@
+"""The input queue: hands queued inputs to containers, applies their results, retries failures.
+
+The store holds the truth (see `ember.control.store.calls`); this object keeps what is needed to
+answer fast: per function, the ids of inputs ready to run and of inputs waiting out a retry delay;
+per container, the inputs it holds; per call, the callers waiting for outputs. `restore()` rebuilds
+it all from the store after a restart.
+
+One input's path: `enqueue` ─▶ a container's `take` leases it ─▶ `report` stores its result and
+wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it back with
+a delay while it has retries left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from ember.control.clock import Clock
+from ember.control.queue.retries import retry_delay
+from ember.control.store import FinalResult, LeasedInput, QueuedInput, Store, StoredOutput
+from ember.proto import api_pb2
+
+# How long a container holds an input without its worker heartbeating before the input is
+# presumed lost and run again.
+LEASE_S = 30.0
+
+# Failures that may be retried; an import failure or a cancellation never is.
+RETRYABLE = {
+    api_pb2.RESULT_STATUS_FAILURE,
+    api_pb2.RESULT_STATUS_TIMEOUT,
+    api_pb2.RESULT_STATUS_CONTAINER_DIED,
+    api_pb2.RESULT_STATUS_OUT_OF_MEMORY,
+}
+
+
+@dataclass
+class Lease:
+    function_id: str
+    container_id: str
+    attempts: int
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        definition: Callable[[str], api_pb2.FunctionDefinition],
+        containers_of: Callable[[str], int],
+    ) -> None:
+        """`definition(function_id)` and `containers_of(function_id)` come from the scheduler's
+        view of the cluster; the latter divides a backlog fairly between containers."""
+        self._store = store
+        self._clock = clock
+        self._definition = definition
+        self._containers_of = containers_of
+        self._ready: dict[str, deque[str]] = defaultdict(deque)
+        self._delayed: list[tuple[float, str, str]] = []  # heap of (available_at, input, function)
+        self._leases: dict[str, Lease] = {}
+        self._held: dict[str, set[str]] = defaultdict(set)  # container -> inputs it holds
+        self._idle_since: dict[str, float] = {}
+        self._input_waiters: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
+        self._output_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self.on_work: Callable[[str], None] = lambda _function_id: None
+
+    # ---- state for the autoscaler
+
+    def queued(self, function_id: str) -> int:
+        delayed = sum(1 for _, _, fid in self._delayed if fid == function_id)
+        return len(self._ready.get(function_id, ())) + delayed
+
+    def running(self, function_id: str) -> int:
+        return sum(1 for lease in self._leases.values() if lease.function_id == function_id)
+
+    def functions_with_work(self) -> set[str]:
+        busy = {fid for fid, ready in self._ready.items() if ready}
+        busy.update(fid for _, _, fid in self._delayed)
+        busy.update(lease.function_id for lease in self._leases.values())
+        return busy
+
+    def idle_since(self, container_id: str) -> float | None:
+        """When the container last finished an input, or None while it holds one."""
+        if self._held.get(container_id):
+            return None
+        return self._idle_since.setdefault(container_id, self._clock.now())
+
+    # ---- start-up
+
+    async def restore(self) -> None:
+        self.enqueue(await self._store.calls.queued())
+        for leased in await self._store.calls.leased():
+            assert leased.container_id is not None
+            self._add_lease(
+                leased.input_id, leased.function_id, leased.container_id, leased.attempts
+            )
+
+    # ---- inputs in
+
+    def enqueue(self, inputs: Iterable[QueuedInput]) -> None:
+        now = self._clock.now()
+        woken: set[str] = set()
+        for item in inputs:
+            if item.available_at > now:
+                heapq.heappush(self._delayed, (item.available_at, item.input_id, item.function_id))
+                continue
+            self._ready[item.function_id].append(item.input_id)
+            self._wake_one(item.function_id)
+            woken.add(item.function_id)
+        for function_id in woken:
+            self.on_work(function_id)
+
+    def promote_delayed(self) -> None:
+        """Move inputs whose retry delay has passed into the ready queues."""
+        now = self._clock.now()
+        due = []
+        while self._delayed and self._delayed[0][0] <= now:
+            available_at, input_id, function_id = heapq.heappop(self._delayed)
+            due.append(QueuedInput(input_id, function_id, available_at))
+        self.enqueue(due)
+
+    def _wake_one(self, function_id: str) -> None:
+        waiters = self._input_waiters.get(function_id)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # ---- containers take inputs
+
+    async def take(
+        self, function_id: str, container_id: str, want: int, wait_s: float
+    ) -> list[LeasedInput]:
+        """Lease up to `want` inputs to a container, waiting up to `wait_s` for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            ready = self._ready.get(function_id)
+            if ready and want > 0:
+                share = max(1, len(ready) // max(1, self._containers_of(function_id)))
+                ids = [ready.popleft() for _ in range(min(want, share, len(ready)))]
+                leased = await self._store.calls.lease(
+                    ids, container_id, self._clock.now() + LEASE_S
+                )
+                for item in leased:
+                    self._add_lease(item.input_id, function_id, container_id, item.attempts)
+                if leased:
+                    return leased
+                continue  # every one was cancelled meanwhile
+            remaining = deadline - loop.time()
+            if remaining <= 0 or want <= 0:
+                return []
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._input_waiters[function_id].append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return []
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _add_lease(self, input_id: str, function_id: str, container_id: str, attempts: int) -> None:
+        self._leases[input_id] = Lease(function_id, container_id, attempts)
+        self._held[container_id].add(input_id)
+
+    def _drop_lease(self, input_id: str) -> Lease | None:
+        lease = self._leases.pop(input_id, None)
+        if lease is not None:
+            held = self._held.get(lease.container_id)
+            if held is not None:
+                held.discard(input_id)
+                if not held:
+                    self._idle_since[lease.container_id] = self._clock.now()
+        return lease
+
+    # ---- results in
+
+    async def report(self, results: Sequence[api_pb2.InputResult]) -> None:
+        """Apply results a container reported for inputs it leased."""
+        finals: list[FinalResult] = []
+        failed: list[tuple[str, Lease, api_pb2.Result]] = []
+        for item in results:
+            lease = self._leases.get(item.input_id)
+            if lease is None:
+                continue  # reported before, or the input was cancelled or re-leased
+            definition = self._definition(lease.function_id)
+            status = item.result.status
+            if definition.is_generator and status == api_pb2.RESULT_STATUS_SUCCESS:
+                finals.append(
+                    FinalResult(
+                        item.input_id, item.gen_index, item.result.SerializeToString(), False
+                    )
+                )
+            elif status in RETRYABLE and not definition.is_generator:
+                failed.append((item.input_id, lease, item.result))
+            else:
+                finals.append(
+                    FinalResult(
+                        item.input_id, item.gen_index, item.result.SerializeToString(), True
+                    )
+                )
+        await self._finish(finals)
+        await self._fail(failed)
+
+    async def _finish(self, finals: Sequence[FinalResult]) -> None:
+        calls = await self._store.calls.record_results(finals)
+        for item in finals:
+            if item.finishes_input:
+                self._drop_lease(item.input_id)
+        for call_id in calls:
+            self._wake_outputs(call_id)
+
+    async def _fail(self, failed: Sequence[tuple[str, Lease, api_pb2.Result]]) -> None:
+        """Failed attempts: run again after the backoff while retries last, else final."""
+        now = self._clock.now()
+        finals = []
+        retry: dict[float, list[str]] = defaultdict(list)
+        for input_id, lease, result in failed:
+            delay = None
+            if result.status in RETRYABLE:
+                delay = retry_delay(self._definition(lease.function_id).retries, lease.attempts)
+            if delay is None:
+                finals.append(FinalResult(input_id, 0, result.SerializeToString(), True))
+            else:
+                retry[now + delay].append(input_id)
+        await self._finish(finals)
+        for available_at, input_ids in retry.items():
+            await self._store.calls.requeue(input_ids, available_at, undo_attempt=False)
+            self.enqueue(
+                QueuedInput(input_id, lease.function_id, available_at)
+                for input_id in input_ids
+                if (lease := self._drop_lease(input_id)) is not None
+            )
+
+    async def container_exited(
+        self,
+        container_id: str,
+        reason: int,
+        message: str,
+        inflight: Sequence[str],
+        unstarted: Sequence[str],
+    ) -> None:
+        """A container is gone: its running inputs failed an attempt, the rest go back."""
+        result = api_pb2.Result(status=reason, exception_text=message)
+        held = self._held.pop(container_id, set())
+        self._idle_since.pop(container_id, None)
+        # Anything it held that the worker did not mention never started.
+        back = [i for i in held if i not in set(inflight)] + list(unstarted)
+        await self._store.calls.requeue(back, self._clock.now(), undo_attempt=True)
+        self.enqueue(
+            QueuedInput(input_id, lease.function_id, self._clock.now())
+            for input_id in back
+            if (lease := self._leases.pop(input_id, None)) is not None
+        )
+        failed = [
+            (input_id, lease, result)
+            for input_id in inflight
+            if (lease := self._leases.get(input_id)) is not None
+        ]
+        await self._fail(failed)
+
+    async def fail_queued(self, function_id: str, result: api_pb2.Result) -> None:
+        """Fail every input waiting for a function that cannot start (its import failed)."""
+        ready = self._ready.pop(function_id, deque())
+        ids = list(ready) + [i for _, i, fid in self._delayed if fid == function_id]
+        self._delayed = [entry for entry in self._delayed if entry[2] != function_id]
+        heapq.heapify(self._delayed)
+        await self._finish([FinalResult(i, 0, result.SerializeToString(), True) for i in ids])
+
+    async def expire_leases(self) -> None:
+        """Inputs whose container stopped renewing their lease failed an attempt."""
+        expired = await self._store.calls.leased(expired_before=self._clock.now())
+        result = api_pb2.Result(
+            status=api_pb2.RESULT_STATUS_CONTAINER_DIED,
+            exception_text="the container running this input was lost (its host stopped answering)",
+        )
+        failed = []
+        for item in expired:
+            lease = self._leases.get(item.input_id)
+            if lease is None:
+                assert item.container_id is not None
+                self._add_lease(item.input_id, item.function_id, item.container_id, item.attempts)
+                lease = self._leases[item.input_id]
+            failed.append((item.input_id, lease, result))
+        await self._fail(failed)
+
+    async def renew_leases(self, container_ids: Sequence[str]) -> None:
+        await self._store.calls.renew_leases(container_ids, self._clock.now() + LEASE_S)
+
+    def holds(self, container_id: str) -> set[str]:
+        return set(self._held.get(container_id, ()))
+
+    # ---- cancellation
+
+    async def cancel(self, call_id: str) -> set[str]:
+        """Cancel a call's unfinished inputs; returns the containers that were running them."""
+        cancelled = await self._store.calls.cancel(call_id)
+        result = api_pb2.Result(
+            status=api_pb2.RESULT_STATUS_CANCELLED, exception_text="the function call was cancelled"
+        )
+        containers = {item.container_id for item in cancelled if item.container_id}
+        for item in cancelled:
+            self._drop_lease(item.input_id)
+        await self._finish(
+            [FinalResult(item.input_id, 0, result.SerializeToString(), True) for item in cancelled]
+        )
+        return containers
+
+    # ---- outputs out
+
+    async def wait_outputs(
+        self, call_id: str, after_seq: int, wait_s: float, limit: int = 1000
+    ) -> list[StoredOutput]:
+        """Outputs of a call after `after_seq`, waiting up to `wait_s` for the first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._output_waiters[call_id].append(waiter)
+            try:
+                outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
+                remaining = deadline - loop.time()
+                if outputs or remaining <= 0:
+                    return outputs
+                try:
+                    await asyncio.wait_for(waiter, remaining)
+                except TimeoutError:
+                    return []
+            finally:
+                waiters = self._output_waiters.get(call_id)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._output_waiters[call_id]
+
+    def _wake_outputs(self, call_id: str) -> None:
+        for waiter in self._output_waiters.pop(call_id, []):
+            if not waiter.done():
+                waiter.set_result(None)

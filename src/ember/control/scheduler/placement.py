@@ -1,0 +1,68 @@
+"""Where a new container goes: best fit over the workers' free CPU and memory.
+
+A pure function over plain data. Each worker that cannot hold the request is rejected with a
+reason a user can read; among those that can, the fullest wins, so that lightly used hosts drain
+and can be given back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WorkerCapacity:
+    worker_id: str
+    free_cpu: float
+    free_memory_mb: int
+    total_cpu: float
+    total_memory_mb: int
+
+
+@dataclass(frozen=True)
+class Request:
+    cpu: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    worker_id: str | None
+    rejections: Counter[str] = field(default_factory=Counter)
+
+    def explain(self, workers: int) -> str:
+        """'0 of 2 workers fit: 2 short of memory'."""
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.rejections.items())
+        return f"0 of {workers} workers fit" + (f": {reasons}" if reasons else "")
+
+
+def rejection(request: Request, worker: WorkerCapacity) -> str | None:
+    if request.cpu > worker.total_cpu or request.memory_mb > worker.total_memory_mb:
+        return "too small for the request"
+    if request.cpu > worker.free_cpu + 1e-9:
+        return "short of CPU"
+    if request.memory_mb > worker.free_memory_mb:
+        return "short of memory"
+    return None
+
+
+def place(request: Request, workers: list[WorkerCapacity]) -> Placement:
+    rejections: Counter[str] = Counter()
+    fitting = []
+    for worker in workers:
+        reason = rejection(request, worker)
+        if reason is None:
+            fitting.append(worker)
+        else:
+            rejections[reason] += 1
+    if not fitting:
+        return Placement(None, rejections)
+    best = min(
+        fitting,
+        key=lambda w: (
+            (w.free_cpu - request.cpu) / max(w.total_cpu, 1e-9)
+            + (w.free_memory_mb - request.memory_mb) / max(w.total_memory_mb, 1)
+        ),
+    )
+    return Placement(best.worker_id, rejections)

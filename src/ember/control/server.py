@@ -1,0 +1,130 @@
+"""The control plane's composition root: builds every part and runs its loops in one task group.
+
+store (SQL) ── dispatcher (input queue) ── scheduler (autoscaler + placement) ── cluster view
+      └── log hub            └── blob store
+gRPC: `Ember` (SDK and CLI) and `Workers` (worker agents), both thin over these parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from ember.control.api.ember_api import EmberService
+from ember.control.api.workers_api import WorkersService
+from ember.control.blobs import BlobStore, LocalBlobStore
+from ember.control.clock import Clock, SystemClock
+from ember.control.loghub import LogHub
+from ember.control.queue.dispatcher import Dispatcher
+from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
+from ember.control.scheduler.scheduler import Scheduler
+from ember.control.store import Store, sqlite_url
+from ember.proto import api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Inline payloads are at most 2 MiB; batches of them need room above that.
+MAX_MESSAGE_BYTES = 256 << 20
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class ControlPlane:
+    store: Store
+    blobs: BlobStore
+    clock: Clock
+    cluster: Cluster
+    dispatcher: Dispatcher
+    scheduler: Scheduler
+    logs: LogHub
+
+    @classmethod
+    async def open(cls, data_dir: Path, clock: Clock | None = None) -> ControlPlane:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        clock = clock or SystemClock()
+        store = await Store.open(sqlite_url(data_dir / "ember.db"))
+        cluster = Cluster()
+        dispatcher = Dispatcher(store, clock, cluster.definition, cluster.count_containers)
+        scheduler = Scheduler(store, clock, cluster, dispatcher)
+        plane = cls(
+            store,
+            LocalBlobStore(data_dir / "blobs"),
+            clock,
+            cluster,
+            dispatcher,
+            scheduler,
+            LogHub(store),
+        )
+        await plane.restore()
+        return plane
+
+    async def load_function(self, function_id: str) -> FunctionInfo:
+        info = self.cluster.functions.get(function_id)
+        if info is None:
+            function = await self.store.apps.function(function_id)
+            info = FunctionInfo(function.function_id, function.app_id, function.definition)
+            self.cluster.functions[function_id] = info
+        return info
+
+    async def restore(self) -> None:
+        """Rebuild the live view from the store after a (re)start."""
+        now = self.clock.now()
+        live_apps = await self.store.apps.list(include_stopped=False)
+        self.cluster.live_apps = {app.app_id for app in live_apps}
+        for function in await self.store.apps.functions_of(list(self.cluster.live_apps)):
+            self.cluster.functions[function.function_id] = FunctionInfo(
+                function.function_id, function.app_id, function.definition
+            )
+        for worker in await self.store.cluster.workers():
+            # Workers get a fresh heartbeat window to reconnect after our restart.
+            self.cluster.workers[worker.worker_id] = LiveWorker(
+                worker.worker_id, worker.hostname, worker.cpu, worker.memory_mb, now
+            )
+        for c in await self.store.cluster.live_containers():
+            self.cluster.containers[c.container_id] = LiveContainer(
+                c.container_id,
+                c.app_id,
+                c.function_id,
+                c.worker_id,
+                c.cpu,
+                c.memory_mb,
+                c.state,
+                c.created_at,
+            )
+        for leased in await self.store.calls.leased():
+            await self.load_function(leased.function_id)
+        for queued in await self.store.calls.queued():
+            await self.load_function(queued.function_id)
+        await self.dispatcher.restore()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+async def serve(data_dir: Path, address: str, ready: asyncio.Event | None = None) -> None:
+    """Run the control plane on `address` (host:port) until cancelled."""
+    plane = await ControlPlane.open(data_dir)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), server)
+    api_pb2_grpc.add_WorkersServicer_to_server(WorkersService(plane), server)
+    server.add_insecure_port(address)
+    await server.start()
+    log.info("control plane listening on %s", address)
+    if ready is not None:
+        ready.set()
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(plane.scheduler.run())
+            group.create_task(plane.scheduler.run_reaper())
+            group.create_task(server.wait_for_termination())
+    finally:
+        await server.stop(grace=1.0)
+        await plane.close()

@@ -1,0 +1,343 @@
+"""Calls, their inputs and their outputs: the durable half of the input queue.
+
+Lifecycle of one input, as the dispatcher drives it:
+
+    put (state queued) ─▶ lease to a container (leased, attempts+1, lease_expires_at)
+        ├─ result reported ─▶ record_results: an output row, input done
+        ├─ failed, retries left ─▶ requeue (queued, available_at = now + backoff)
+        └─ lease expires (container or host lost) ─▶ counted as a failed attempt, as above
+
+An input id is derived from its call id and position (`in-<call>-<idx>`), so that putting the
+same inputs twice (a client retrying after a lost connection) stores them once, and an output can
+name its call and position without a lookup. Outputs are unique per (input, yielded item): a result
+reported twice (a worker retrying after the control plane restarted) is stored once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ember import errors
+from ember.control.store import schema
+from ember.control.store.dialect import insert_ignore
+from ember.control.store.engine import Engine
+
+CALL_ID = re.compile(r"^fc-[0-9a-f]{16,32}$")
+
+
+def input_id(call_id: str, idx: int) -> str:
+    return f"in-{call_id.removeprefix('fc-')}-{idx}"
+
+
+def parse_input_id(value: str) -> tuple[str, int]:
+    """The call id and position an input id was made from."""
+    _, call, idx = value.split("-")
+    return f"fc-{call}", int(idx)
+
+
+@dataclass(frozen=True)
+class NewInput:
+    idx: int
+    args: bytes | None
+    args_blob_id: str | None
+
+
+@dataclass(frozen=True)
+class QueuedInput:
+    input_id: str
+    function_id: str
+    available_at: float
+
+
+@dataclass(frozen=True)
+class LeasedInput:
+    input_id: str
+    function_id: str
+    idx: int
+    args: bytes | None
+    args_blob_id: str | None
+    attempts: int
+    container_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    call_id: str
+    function_id: str
+    kind: int
+    num_inputs: int
+    inputs_complete: bool
+    cancelled: bool
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    seq: int
+    idx: int
+    gen_index: int
+    result: bytes
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    input_id: str
+    gen_index: int
+    result: bytes  # proto Result
+    finishes_input: bool  # False for an item a generator yielded
+
+
+def _input_rows(
+    call_id: str, function_id: str, new_inputs: Sequence[NewInput], now: float
+) -> list[dict[str, object]]:
+    return [
+        {
+            "id": input_id(call_id, item.idx),
+            "call_id": call_id,
+            "function_id": function_id,
+            "idx": item.idx,
+            "args": item.args,
+            "args_blob_id": item.args_blob_id,
+            "state": schema.QUEUED,
+            "available_at": now,
+        }
+        for item in new_inputs
+    ]
+
+
+class CallStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def create_call(
+        self,
+        call_id: str,
+        function_id: str,
+        kind: int,
+        new_inputs: Sequence[NewInput],
+        complete: bool,
+        now: float,
+    ) -> list[QueuedInput]:
+        """Record a call with its first inputs, in one transaction; returns the new inputs.
+
+        A call id seen before (the client retrying a request whose answer it lost) stores only
+        the inputs it lacks."""
+        if not CALL_ID.match(call_id):
+            raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
+        async with self._engine.begin() as conn:
+            inserted = await conn.execute(
+                insert_ignore(conn, schema.calls).values(
+                    id=call_id,
+                    function_id=function_id,
+                    kind=kind,
+                    created_at=now,
+                    num_inputs=len(new_inputs),
+                    inputs_complete=complete,
+                )
+            )
+            if inserted.rowcount == 1:
+                rows = _input_rows(call_id, function_id, new_inputs, now)
+                if rows:
+                    await conn.execute(schema.inputs.insert(), rows)
+                return [QueuedInput(row["id"], function_id, now) for row in rows]
+        return await self.put_inputs(call_id, function_id, new_inputs, complete, now)
+
+    async def put_inputs(
+        self,
+        call_id: str,
+        function_id: str,
+        new_inputs: Sequence[NewInput],
+        complete: bool,
+        now: float,
+    ) -> list[QueuedInput]:
+        """Store inputs (idempotent by position) and return the ones that were new."""
+        rows = _input_rows(call_id, function_id, new_inputs, now)
+        async with self._engine.begin() as conn:
+            if rows:
+                existing = set(
+                    (
+                        await conn.execute(
+                            sa.select(schema.inputs.c.id).where(
+                                schema.inputs.c.id.in_([row["id"] for row in rows])
+                            )
+                        )
+                    ).scalars()
+                )
+                rows = [row for row in rows if row["id"] not in existing]
+            if rows:
+                await conn.execute(schema.inputs.insert(), rows)
+            values: dict[str, object] = {
+                "num_inputs": sa.select(sa.func.count())
+                .select_from(schema.inputs)
+                .where(schema.inputs.c.call_id == call_id)
+                .scalar_subquery()
+            }
+            if complete:
+                values["inputs_complete"] = True
+            await conn.execute(
+                schema.calls.update().where(schema.calls.c.id == call_id).values(**values)
+            )
+        return [QueuedInput(row["id"], function_id, now) for row in rows]
+
+    async def get_call(self, call_id: str) -> Call:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(schema.calls).where(schema.calls.c.id == call_id))
+            ).one_or_none()
+        if row is None:
+            raise errors.NotFoundError(f"function call {call_id!r} not found")
+        return Call(
+            row.id, row.function_id, row.kind, row.num_inputs, row.inputs_complete, row.cancelled
+        )
+
+    async def outputs_after(self, call_id: str, after_seq: int, limit: int) -> list[StoredOutput]:
+        o = schema.outputs.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(o.seq, o.idx, o.gen_index, o.result)
+                .where(o.call_id == call_id, o.seq > after_seq)
+                .order_by(o.seq)
+                .limit(limit)
+            )
+            return [StoredOutput(*row) for row in rows]
+
+    async def lease(
+        self, input_ids: Sequence[str], container_id: str, lease_expires_at: float
+    ) -> list[LeasedInput]:
+        """Lease the given queued inputs to a container; inputs no longer queued are skipped."""
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                schema.inputs.update()
+                .where(i.id.in_(input_ids), i.state == schema.QUEUED)
+                .values(
+                    state=schema.LEASED,
+                    container_id=container_id,
+                    lease_expires_at=lease_expires_at,
+                    attempts=i.attempts + 1,
+                )
+                .returning(i.id, i.function_id, i.idx, i.args, i.args_blob_id, i.attempts)
+            )
+            leased = {row.id: LeasedInput(*row) for row in rows}
+        # Hand them out in the order asked for (the queue's order).
+        return [leased[value] for value in input_ids if value in leased]
+
+    async def renew_leases(self, container_ids: Sequence[str], lease_expires_at: float) -> None:
+        if not container_ids:
+            return
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                schema.inputs.update()
+                .where(i.container_id.in_(container_ids), i.state == schema.LEASED)
+                .values(lease_expires_at=lease_expires_at)
+            )
+
+    async def record_results(self, results: Sequence[FinalResult]) -> set[str]:
+        """Store outputs and finish their inputs; returns the calls that gained outputs."""
+        if not results:
+            return set()
+        rows = []
+        for item in results:
+            call_id, idx = parse_input_id(item.input_id)
+            rows.append(
+                {
+                    "call_id": call_id,
+                    "input_id": item.input_id,
+                    "idx": idx,
+                    "gen_index": item.gen_index,
+                    "result": item.result,
+                }
+            )
+        finished = [item.input_id for item in results if item.finishes_input]
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            await conn.execute(insert_ignore(conn, schema.outputs), rows)
+            if finished:
+                await conn.execute(
+                    schema.inputs.update()
+                    .where(i.id.in_(finished))
+                    .values(state=schema.DONE, args=None, lease_expires_at=None)
+                )
+        return {row["call_id"] for row in rows}
+
+    async def requeue(
+        self, input_ids: Iterable[str], available_at: float, undo_attempt: bool
+    ) -> None:
+        """Put leased inputs back in the queue (`undo_attempt` when they never started)."""
+        ids = list(input_ids)
+        if not ids:
+            return
+        i = schema.inputs.c
+        values: dict[str, object] = {
+            "state": schema.QUEUED,
+            "container_id": None,
+            "lease_expires_at": None,
+            "available_at": available_at,
+        }
+        if undo_attempt:
+            values["attempts"] = i.attempts - 1
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                schema.inputs.update()
+                .where(i.id.in_(ids), i.state == schema.LEASED)
+                .values(**values)
+            )
+
+    async def queued(self) -> list[QueuedInput]:
+        """Every queued input, oldest first: the dispatcher's queues are rebuilt from this."""
+        i = schema.inputs.c
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(i.id, i.function_id, i.available_at)
+                .where(i.state == schema.QUEUED)
+                .order_by(i.available_at, i.call_id, i.idx)
+            )
+            return [QueuedInput(*row) for row in rows]
+
+    async def leased(
+        self, *, container_ids: Sequence[str] | None = None, expired_before: float | None = None
+    ) -> list[LeasedInput]:
+        """Leased inputs held by these containers, or whose lease ran out before a time."""
+        i = schema.inputs.c
+        query = sa.select(
+            i.id, i.function_id, i.idx, i.args, i.args_blob_id, i.attempts, i.container_id
+        ).where(i.state == schema.LEASED)
+        if container_ids is not None:
+            query = query.where(i.container_id.in_(container_ids))
+        if expired_before is not None:
+            query = query.where(i.lease_expires_at < expired_before)
+        async with self._engine.connect() as conn:
+            return [LeasedInput(*row) for row in await conn.execute(query)]
+
+    async def cancel(self, call_id: str) -> list[LeasedInput]:
+        """Cancel a call's unfinished inputs; returns them (`container_id` set where running)."""
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                schema.calls.update().where(schema.calls.c.id == call_id).values(cancelled=True)
+            )
+            rows = await conn.execute(
+                schema.inputs.update()
+                .where(i.call_id == call_id, i.state.in_([schema.QUEUED, schema.LEASED]))
+                .values(state=schema.CANCELLED, args=None)
+                .returning(
+                    i.id, i.function_id, i.idx, i.args, i.args_blob_id, i.attempts, i.container_id
+                )
+            )
+            return [LeasedInput(*row) for row in rows]
+
+    async def cancel_function_inputs(self, function_ids: Sequence[str]) -> list[str]:
+        """Drop the queued inputs of functions whose app stopped; returns their ids."""
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                schema.inputs.update()
+                .where(i.function_id.in_(function_ids), i.state == schema.QUEUED)
+                .values(state=schema.CANCELLED, args=None)
+                .returning(i.id)
+            )
+            return list(rows.scalars())

@@ -1,0 +1,130 @@
+"""The tables of the control plane, as SQLAlchemy Core metadata.
+
+This is the current shape, used to build queries. The migrations in `migrations/versions/` build
+the same shape step by step; `tests/unit/control/store/test_migrations.py` checks they agree.
+
+Times are float seconds since the epoch (read from the injected clock). Ids are short strings
+with a prefix that names the kind: `ap-`, `fu-`, `fc-`, `in-`, `ta-` (container), `wk-`.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+apps = sa.Table(
+    "apps",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False, index=True),
+    sa.Column("state", sa.Integer, nullable=False),  # proto AppState
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("source_blob_id", sa.String, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float),
+    sa.Column("last_heartbeat_at", sa.Float, nullable=False),
+)
+
+functions = sa.Table(
+    "functions",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("app_id", sa.String, sa.ForeignKey("apps.id"), nullable=False, index=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("definition", sa.LargeBinary, nullable=False),  # proto FunctionDefinition
+    sa.UniqueConstraint("app_id", "name"),
+)
+
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("function_id", sa.String, sa.ForeignKey("functions.id"), nullable=False),
+    sa.Column("kind", sa.Integer, nullable=False),  # proto CallKind
+    sa.Column("num_inputs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("inputs_complete", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Input states.
+QUEUED, LEASED, DONE, CANCELLED = "queued", "leased", "done", "cancelled"
+
+inputs = sa.Table(
+    "inputs",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("call_id", sa.String, sa.ForeignKey("calls.id"), nullable=False),
+    sa.Column("function_id", sa.String, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("args", sa.LargeBinary),
+    sa.Column("args_blob_id", sa.String),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("container_id", sa.String),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("available_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("call_id", "idx"),
+    sa.Index("ix_inputs_state", "state"),
+    sa.Index("ix_inputs_container", "container_id"),
+)
+
+outputs = sa.Table(
+    "outputs",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("call_id", sa.String, nullable=False),
+    sa.Column("input_id", sa.String, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("gen_index", sa.Integer, nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),  # proto Result
+    # One output per input (and per yielded item): a result reported twice is stored once.
+    sa.UniqueConstraint("input_id", "gen_index"),
+    sa.Index("ix_outputs_call_seq", "call_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("hostname", sa.String, nullable=False),
+    sa.Column("cpu", sa.Float, nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat_at", sa.Float, nullable=False),
+)
+
+# Container states.
+STARTING, RUNNING, STOPPING, STOPPED = "starting", "running", "stopping", "stopped"
+
+containers = sa.Table(
+    "containers",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("app_id", sa.String, nullable=False),
+    sa.Column("function_id", sa.String, nullable=False),
+    sa.Column("worker_id", sa.String, nullable=False),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("cpu", sa.Float, nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float),
+    sa.Column("exit_reason", sa.String, nullable=False, server_default=""),
+    sa.Index("ix_containers_state", "state"),
+)
+
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("app_id", sa.String, nullable=False),
+    sa.Column("function_name", sa.String, nullable=False),
+    sa.Column("container_id", sa.String, nullable=False),
+    sa.Column("fd", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.Float, nullable=False),
+    sa.Index("ix_logs_app", "app_id", "id"),
+    sqlite_autoincrement=True,
+)

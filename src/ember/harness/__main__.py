@@ -1,0 +1,3 @@
+from ember.harness.runtime import main
+
+main()

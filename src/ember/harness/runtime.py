@@ -1,0 +1,146 @@
+"""The harness: connect to the worker, import the function, run inputs until the socket closes.
+
+Configured by the worker through the environment: `EMBER_SOCKET` (the worker's socket),
+`EMBER_MODULE` and `EMBER_QUALNAME` (where the function is), and the source mounted at
+`EMBER_SOURCE_DIR`, which goes first on `sys.path` so the app's own modules import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ember.proto import harness_frames as frames
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class WorkerLink:
+    """The harness's end of the socket: blocking frames in and out."""
+
+    def __init__(self, path: str) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while True:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self._socket.connect(path)
+                break
+            except OSError:
+                self._socket.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self._reader = self._socket.makefile("rb")
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._socket.sendall(frames.encode(message))
+
+    def receive(self) -> tuple[Any, ...] | None:
+        header = self._reader.read(frames.HEADER.size)
+        if len(header) < frames.HEADER.size:
+            return None  # the worker closed the socket: time to stop
+        (length,) = frames.HEADER.unpack(header)
+        return frames.decode(self._reader.read(length))
+
+
+def _remote_traceback(error: BaseException) -> str:
+    """The traceback from the user's code down, without the harness's own frames."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def load_function() -> Callable[..., Any]:
+    sys.path.insert(0, os.environ.get("EMBER_SOURCE_DIR", "/app"))
+    target: Any = importlib.import_module(os.environ["EMBER_MODULE"])
+    for part in os.environ["EMBER_QUALNAME"].split("."):
+        target = getattr(target, part)
+    get_raw_f = getattr(target, "get_raw_f", None)
+    return get_raw_f() if get_raw_f is not None else target
+
+
+def _iterate(
+    raw_f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Iterator[Any]:
+    """Items of a generator function, sync or async."""
+    if inspect.isasyncgenfunction(raw_f):
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        generator = raw_f(*args, **kwargs)
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(generator.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.close()
+    else:
+        yield from raw_f(*args, **kwargs)
+
+
+def _call(raw_f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(raw_f):
+        import asyncio
+
+        return asyncio.run(raw_f(*args, **kwargs))
+    return raw_f(*args, **kwargs)
+
+
+def run_input(
+    link: WorkerLink, raw_f: Callable[..., Any], input_id: str, pickled_args: bytes
+) -> None:
+    from ember.sdk.serialization import deserialize, serialize, serialize_exception
+
+    is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+    gen_index = 0
+    try:
+        args, kwargs = deserialize(pickled_args)
+        if is_generator:
+            for item in _iterate(raw_f, args, kwargs):
+                link.send(("result", input_id, gen_index, frames.SUCCESS, serialize(item), "", ""))
+                gen_index += 1
+            status, data = frames.GENERATOR_DONE, None
+        else:
+            status, data = frames.SUCCESS, serialize(_call(raw_f, args, kwargs))
+        message = ("result", input_id, gen_index, status, data, "", "")
+    except Exception as error:
+        message = (
+            "result",
+            input_id,
+            gen_index,
+            frames.FAILURE,
+            serialize_exception(error),
+            _describe(error),
+            _remote_traceback(error),
+        )
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    link.send(message)
+
+
+def main() -> None:
+    link = WorkerLink(os.environ["EMBER_SOCKET"])
+    try:
+        raw_f = load_function()
+    except BaseException as error:
+        link.send(("init_failure", _describe(error), _remote_traceback(error)))
+        sys.exit(1)
+    link.send(("ready",))
+    while (message := link.receive()) is not None:
+        _, input_id, pickled_args = message
+        run_input(link, raw_f, input_id, pickled_args)

@@ -1,0 +1,439 @@
+"""`ember.Function` and `ember.FunctionCall`: thin handles over calls to the control plane.
+
+`@app.function` records a `FunctionSpec` and returns a `Function`. The function can run only once
+its app runs (`with app.run()`, `ember run`) or is deployed (`Function.from_name`): that is when
+it learns its id. Every method is written once as a coroutine; `f.remote(x)` blocks and
+`await f.remote.aio(x)` does not.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ember import errors
+from ember.sdk._sync import run_async, run_blocking, synchronize
+from ember.sdk.retries import Retries
+
+if TYPE_CHECKING:
+    from ember.client import Connection
+    from ember.proto import api_pb2
+
+DEFAULT_CPU = 0.125
+DEFAULT_MEMORY_MB = 128
+GET_POLL_S = 30.0
+
+
+def _request_and_limit(
+    value: float | tuple[float, float] | None, default: float, what: str
+) -> tuple[float, float]:
+    """`cpu=`/`memory=`: a number is both request and limit; a pair is (request, limit)."""
+    if value is None:
+        return default, 0.0
+    request, limit = value if isinstance(value, tuple) else (value, value)
+    if request <= 0 or limit < request:
+        raise errors.InvalidError(
+            f"{what} must be positive, and a (request, limit) pair needs limit >= request; "
+            f"got {value!r}"
+        )
+    return float(request), float(limit)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What `@app.function(...)` recorded: plain data, checked when the decorator runs."""
+
+    name: str
+    module: str
+    qualname: str
+    cpu: float = DEFAULT_CPU
+    cpu_limit: float = 0.0
+    memory_mb: int = DEFAULT_MEMORY_MB
+    memory_limit_mb: int = 0
+    timeout_s: float = 300.0
+    retries: Retries = field(default_factory=lambda: Retries(0))
+    min_containers: int = 0
+    max_containers: int = 0
+    scaledown_window_s: float = 60.0
+    is_generator: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        raw_f: Callable[..., Any],
+        *,
+        module: str,
+        name: str | None,
+        cpu: float | tuple[float, float] | None,
+        memory: int | tuple[int, int] | None,
+        timeout: float,
+        retries: int | Retries | None,
+        min_containers: int,
+        max_containers: int | None,
+        scaledown_window: float,
+    ) -> FunctionSpec:
+        cpu_request, cpu_limit = _request_and_limit(cpu, DEFAULT_CPU, "cpu")
+        memory_request, memory_limit = _request_and_limit(memory, DEFAULT_MEMORY_MB, "memory")
+        if not 1 <= timeout <= 24 * 3600:
+            raise errors.InvalidError(f"timeout must be from 1 to 86400 seconds, not {timeout}")
+        if min_containers < 0 or (
+            max_containers is not None and max_containers < max(1, min_containers)
+        ):
+            raise errors.InvalidError(
+                "min_containers must be >= 0 and max_containers >= max(1, min_containers); "
+                f"got min_containers={min_containers}, max_containers={max_containers}"
+            )
+        if scaledown_window < 1:
+            raise errors.InvalidError(
+                f"scaledown_window must be at least 1 second, not {scaledown_window}"
+            )
+        return cls(
+            name=name or raw_f.__name__,
+            module=module,
+            qualname=raw_f.__qualname__,
+            cpu=cpu_request,
+            cpu_limit=cpu_limit,
+            memory_mb=int(memory_request),
+            memory_limit_mb=int(memory_limit),
+            timeout_s=float(timeout),
+            retries=Retries.of(retries),
+            min_containers=min_containers,
+            max_containers=max_containers or 0,
+            scaledown_window_s=float(scaledown_window),
+            is_generator=inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f),
+        )
+
+    def to_proto(self) -> api_pb2.FunctionDefinition:
+        from ember.proto import api_pb2
+
+        return api_pb2.FunctionDefinition(
+            name=self.name,
+            module=self.module,
+            qualname=self.qualname,
+            resources=api_pb2.Resources(
+                cpu=self.cpu,
+                memory_mb=self.memory_mb,
+                cpu_limit=self.cpu_limit,
+                memory_limit_mb=self.memory_limit_mb,
+            ),
+            timeout_s=self.timeout_s,
+            retries=self.retries.to_proto(),
+            autoscaling=api_pb2.Autoscaling(
+                min_containers=self.min_containers,
+                max_containers=self.max_containers,
+                scaledown_window_s=self.scaledown_window_s,
+            ),
+            is_generator=self.is_generator,
+        )
+
+
+class Function:
+    """A function that runs in containers. Made by `@app.function` or `Function.from_name`."""
+
+    def __init__(
+        self,
+        raw_f: Callable[..., Any] | None,
+        spec: FunctionSpec | None,
+        *,
+        app_name: str | None = None,
+    ) -> None:
+        self._raw_f = raw_f
+        self.spec = spec
+        self._app_name = app_name
+        self._function_id: str | None = None
+        self._is_generator = spec.is_generator if spec else False
+        self._lookup: tuple[str, str] | None = None
+        if raw_f is not None:
+            self.__doc__ = raw_f.__doc__
+            self.__name__ = raw_f.__name__
+            self.__qualname__ = raw_f.__qualname__
+            self.__module__ = raw_f.__module__
+
+    def __repr__(self) -> str:
+        name = self.spec.name if self.spec else (self._lookup or ("?", "?"))[1]
+        return f"<ember.Function {name}>"
+
+    @property
+    def object_id(self) -> str | None:
+        return self._function_id
+
+    @classmethod
+    def from_name(cls, app_name: str, name: str) -> Function:
+        """A handle on a function of a deployed app, looked up when first called.
+
+        square = ember.Function.from_name("hello", "square")
+        square.remote(7)
+        """
+        function = cls(None, None, app_name=app_name)
+        function._lookup = (app_name, name)
+        return function
+
+    def get_raw_f(self) -> Callable[..., Any]:
+        if self._raw_f is None:
+            raise errors.InvalidError(f"{self!r} was looked up by name; it has no local code")
+        return self._raw_f
+
+    def _hydrate(self, function_id: str | None) -> None:
+        self._function_id = function_id
+
+    async def _resolve(self) -> tuple[Connection, str]:
+        from ember.proto import api_pb2
+        from ember.sdk._calls import connection
+
+        if self._function_id is None and self._lookup is not None:
+            conn = await connection()
+            app_name, name = self._lookup
+            response = await conn.call(
+                conn.ember.FunctionGet,
+                api_pb2.FunctionGetRequest(app_name=app_name, function_name=name),
+            )
+            self._function_id = response.function_id
+            self._is_generator = response.is_generator
+        if self._function_id is None:
+            name = self.spec.name if self.spec else "?"
+            raise errors.ExecutionError(
+                f"function {name!r} cannot run remotely: its app is not running. Call it inside "
+                "`with app.run():` or through `ember run`, or deploy the app with `ember deploy` "
+                "and use ember.Function.from_name(...)"
+            )
+        return await connection(), self._function_id
+
+    # ---- calling
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here, in this process."""
+        return self.get_raw_f()(*args, **kwargs)
+
+    async def _submit(
+        self, kind: int, args: tuple[Any, ...], kwargs: dict[str, Any], wait_s: float
+    ) -> tuple[Connection, str, list[api_pb2.Output]]:
+        from ember.proto import api_pb2
+        from ember.sdk._calls import encode_args, new_call_id
+
+        conn, function_id = await self._resolve()
+        call_id = new_call_id()
+        response = await conn.call(
+            conn.ember.FunctionCall,
+            api_pb2.FunctionCallRequest(
+                call_id=call_id,
+                function_id=function_id,
+                kind=kind,
+                inputs=[api_pb2.Input(idx=0, args=await encode_args(conn, args, kwargs))],
+                inputs_complete=True,
+                wait_s=wait_s,
+            ),
+        )
+        return conn, call_id, list(response.outputs)
+
+    def _no_generator(self, method: str) -> None:
+        if self._is_generator:
+            raise errors.InvalidError(
+                f"{self!r} is a generator function; use .remote_gen() instead of .{method}()"
+            )
+
+    @synchronize
+    async def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function in a container and return its result (or raise its exception)."""
+        from ember.proto import api_pb2
+
+        self._no_generator("remote")
+        conn, call_id, outputs = await self._submit(
+            api_pb2.CALL_KIND_REMOTE, args, kwargs, wait_s=GET_POLL_S
+        )
+        return await FunctionCall(call_id, outputs)._result(conn, timeout=None)
+
+    @synchronize
+    async def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Start the function in a container and return at once; `.get()` waits for the result."""
+        from ember.proto import api_pb2
+
+        self._no_generator("spawn")
+        _, call_id, _ = await self._submit(api_pb2.CALL_KIND_SPAWN, args, kwargs, wait_s=0)
+        return FunctionCall(call_id)
+
+    @synchronize
+    async def remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Run a generator function in a container, yielding its items as they arrive."""
+        from ember.proto import api_pb2
+        from ember.sdk._calls import decode_result
+
+        await self._resolve()
+        if not self._is_generator:
+            raise errors.InvalidError(f"{self!r} is not a generator function; use .remote()")
+        conn, call_id, outputs = await self._submit(api_pb2.CALL_KIND_REMOTE, args, kwargs, 0)
+        after_seq = 0
+        items: dict[int, api_pb2.Result] = {}
+        next_item = 0
+        while True:
+            for output in outputs:
+                after_seq = max(after_seq, output.seq)
+                items[output.gen_index] = output.result
+            while next_item in items:
+                result = items.pop(next_item)
+                if result.status == api_pb2.RESULT_STATUS_GENERATOR_DONE:
+                    return
+                yield await decode_result(conn, result)
+                next_item += 1
+            response = await conn.call(
+                conn.ember.FunctionGetOutputs,
+                api_pb2.FunctionGetOutputsRequest(
+                    call_id=call_id, after_seq=after_seq, wait_s=GET_POLL_S
+                ),
+            )
+            outputs = list(response.outputs)
+
+    @synchronize
+    async def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Run the function over the iterables in parallel containers, yielding the results.
+
+        for y in square.map(range(100)): ...
+        """
+        from ember.sdk._map import map_outputs
+
+        self._no_generator("map")
+        conn, function_id = await self._resolve()
+        arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
+        async for value in map_outputs(
+            conn,
+            function_id,
+            arguments,
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+        ):
+            yield value
+
+    @synchronize
+    async def starmap(
+        self,
+        input_iterator: Iterable[Iterable[Any]],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Like `map`, but each item of `input_iterator` is a tuple of arguments."""
+        from ember.sdk._map import map_outputs
+
+        self._no_generator("starmap")
+        conn, function_id = await self._resolve()
+        arguments = ((tuple(args), kwargs or {}) for args in input_iterator)
+        async for value in map_outputs(
+            conn,
+            function_id,
+            arguments,
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+        ):
+            yield value
+
+    @synchronize
+    async def for_each(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """Run the function over the iterables for its effects, discarding the results."""
+        from ember.sdk._map import map_outputs
+
+        self._no_generator("for_each")
+        conn, function_id = await self._resolve()
+        arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
+        async for _ in map_outputs(
+            conn,
+            function_id,
+            arguments,
+            order_outputs=False,
+            return_exceptions=ignore_exceptions,
+        ):
+            pass
+
+
+class FunctionCall:
+    """A call started with `.spawn()`: wait for it, cancel it, or find it again by id."""
+
+    def __init__(self, call_id: str, outputs: list[api_pb2.Output] | None = None) -> None:
+        self.object_id = call_id
+        self._outputs = outputs or []
+
+    def __repr__(self) -> str:
+        return f"<ember.FunctionCall {self.object_id}>"
+
+    @staticmethod
+    def from_id(call_id: str) -> FunctionCall:
+        return FunctionCall(call_id)
+
+    async def _result(self, conn: Connection, timeout: float | None) -> Any:
+        import asyncio
+
+        from ember.proto import api_pb2
+        from ember.sdk._calls import decode_result
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        outputs = self._outputs
+        while not outputs:
+            wait_s = GET_POLL_S if deadline is None else max(0.0, deadline - loop.time())
+            response = await conn.call(
+                conn.ember.FunctionGetOutputs,
+                api_pb2.FunctionGetOutputsRequest(
+                    call_id=self.object_id,
+                    after_seq=0,
+                    wait_s=min(wait_s, GET_POLL_S),
+                    max_outputs=1,
+                ),
+            )
+            outputs = list(response.outputs)
+            if not outputs and deadline is not None and loop.time() >= deadline:
+                raise errors.TimeoutError(
+                    f"function call {self.object_id} did not finish within {timeout} s"
+                )
+        self._outputs = outputs
+        return await decode_result(conn, outputs[0].result)
+
+    @synchronize
+    async def get(self, timeout: float | None = None) -> Any:
+        """The call's result, waiting up to `timeout` seconds (forever when None)."""
+        from ember.sdk._calls import connection
+
+        return await self._result(await connection(), timeout)
+
+    @synchronize
+    async def cancel(self) -> None:
+        """Stop the call; its `.get()` raises `ember.InputCancelledError`."""
+        from ember.proto import api_pb2
+        from ember.sdk._calls import connection
+
+        conn = await connection()
+        await conn.call(
+            conn.ember.FunctionCallCancel,
+            api_pb2.FunctionCallCancelRequest(call_id=self.object_id),
+        )
+
+    @staticmethod
+    def gather(*calls: FunctionCall) -> list[Any]:
+        """Wait for several calls; their results in the order given."""
+        return run_blocking(_gather(calls))
+
+
+async def _gather(calls: Iterable[FunctionCall]) -> list[Any]:
+    import asyncio
+
+    from ember.sdk._calls import connection
+
+    conn = await connection()
+    return list(await asyncio.gather(*(call._result(conn, None) for call in calls)))
+
+
+async def _gather_aio(*calls: FunctionCall) -> list[Any]:
+    return await run_async(_gather(calls))
+
+
+FunctionCall.gather.aio = _gather_aio  # type: ignore[attr-defined]

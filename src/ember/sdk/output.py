@@ -1,0 +1,44 @@
+"""What the SDK shows while an app runs: progress, and the logs of its containers."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+_enabled = False
+
+
+@contextlib.contextmanager
+def enable_output() -> Iterator[None]:
+    """Show progress and container logs while apps run inside this block.
+
+    with ember.enable_output(), app.run():
+        square.remote(2)
+    """
+    global _enabled
+    previous, _enabled = _enabled, True
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def output_enabled() -> bool:
+    return _enabled
+
+
+def console() -> Any:
+    """A rich console on stderr when output is enabled, else None (nothing is shown)."""
+    if not _enabled:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def show_log(fd: int, data: str) -> None:
+    stream = sys.stderr if fd == 2 else sys.stdout
+    stream.write(data)
+    stream.flush()
