@@ -10,8 +10,8 @@ repeated safely, so both survive a control plane restart.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from typing import Any
 
 from ember.client import Connection

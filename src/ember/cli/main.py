@@ -1,0 +1,40 @@
+"""`ember`: the command line. One module per noun; this one wires them together."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from ember import errors
+from ember.cli import app_commands, cluster_commands, run_commands, service_commands
+
+cli = typer.Typer(
+    name="ember",
+    help="Run Python functions in containers on your own machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+run_commands.register(cli)
+cli.add_typer(app_commands.group, name="app")
+cli.add_typer(cluster_commands.group, name="cluster")
+service_commands.register(cli)
+
+
+def main() -> None:
+    """Run the CLI; an error a user can cause ends in one message, never a traceback."""
+    try:
+        cli(standalone_mode=False)
+    except errors.Error as error:
+        Console(stderr=True).print(f"[bold red]Error:[/] {error}", highlight=False)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

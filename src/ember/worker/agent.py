@@ -1,0 +1,167 @@
+"""The worker agent: one per host. Registers the host, takes orders, runs containers, heartbeats.
+
+On start it first removes whatever a previous life of the worker left on the host (containers,
+mounts, cgroups, runc state): the control plane learns from the next heartbeats that those
+containers are gone and runs their inputs again. Its loops run under one task group; when the
+control plane restarts, the order stream breaks and the worker registers again with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from ember import errors
+from ember.builder import ensure_base_image
+from ember.client import Connection
+from ember.container import RuncRuntime, Runtime
+from ember.proto import api_pb2
+from ember.worker.container_task import ContainerTask, ember_package_dir
+from ember.worker.logs import LogShipper
+from ember.worker.sources import SourceCache
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+RECONNECT_S = 0.5
+
+
+@dataclass(frozen=True)
+class HostResources:
+    cpu: float
+    memory_mb: int
+
+    @classmethod
+    def detect(cls) -> HostResources:
+        """All cores, and the memory less 1 GiB kept for the host itself."""
+        total_kb = 0
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    total_kb = int(line.split()[1])
+        return cls(float(os.cpu_count() or 1), max(256, total_kb // 1024 - 1024))
+
+
+class Worker:
+    def __init__(
+        self, server: str, data_dir: Path, resources: HostResources, runtime: Runtime | None = None
+    ) -> None:
+        self._dir = data_dir / "worker"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._server = server
+        self._resources = resources
+        self._runtime = runtime or RuncRuntime(self._dir / "runtime")
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._worker_id = ""
+        self._image_root: Path | None = None
+        self._ember_package = ember_package_dir()
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    async def run(self) -> None:
+        # The channel belongs to the loop that runs the worker, so it is made here.
+        self._conn = Connection(self._server)
+        self._sources = SourceCache(self._dir / "sources", self._conn)
+        self._logs = LogShipper(self._conn)
+        removed = await self._runtime.cleanup_stale()
+        if removed:
+            log.info("removed %d containers left by a previous run", len(removed))
+        self._image_root = await asyncio.to_thread(ensure_base_image)
+        await self._register()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._take_orders())
+                group.create_task(self._heartbeat())
+                group.create_task(self._logs.run())
+        finally:
+            await self.stop_all()
+            await self._conn.close()
+
+    async def _register(self) -> None:
+        id_file = self._dir / "worker_id"
+        previous = id_file.read_text().strip() if id_file.exists() else ""
+        response = await self._conn.call(
+            self._conn.workers.WorkerRegister,
+            api_pb2.WorkerRegisterRequest(
+                worker_id=previous,
+                hostname=socket.gethostname(),
+                capacity=api_pb2.Resources(
+                    cpu=self._resources.cpu, memory_mb=self._resources.memory_mb
+                ),
+            ),
+        )
+        self._worker_id = response.worker_id
+        id_file.write_text(self._worker_id)
+        log.info(
+            "registered as %s (%s cores, %s MiB)",
+            self._worker_id,
+            self._resources.cpu,
+            self._resources.memory_mb,
+        )
+
+    async def _take_orders(self) -> None:
+        while True:
+            try:
+                stream = self._conn.workers.WorkerOrders(
+                    api_pb2.WorkerOrdersRequest(worker_id=self._worker_id)
+                )
+                async for order in stream:
+                    self._obey(order)
+            except grpc.aio.AioRpcError as error:
+                log.warning("order stream broke (%s); reconnecting", error.code())
+            await asyncio.sleep(RECONNECT_S)
+            with contextlib.suppress(errors.Error):
+                await self._register()
+
+    def _obey(self, order: api_pb2.WorkerOrder) -> None:
+        if order.WhichOneof("order") == "start":
+            spec = order.start
+            assert self._image_root is not None
+            task = ContainerTask(
+                spec,
+                conn=self._conn,
+                runtime=self._runtime,
+                image_root=self._image_root,
+                sources=self._sources,
+                logs=self._logs,
+                socket_root=self._dir / "sockets",
+                ember_package=self._ember_package,
+            )
+            running = asyncio.create_task(task.run(), name=spec.container_id)
+            self._tasks[spec.container_id] = running
+            running.add_done_callback(lambda _: self._tasks.pop(spec.container_id, None))
+        else:
+            running = self._tasks.get(order.stop_container_id)
+            if running is not None:
+                running.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._conn.call(
+                    self._conn.workers.WorkerHeartbeat,
+                    api_pb2.WorkerHeartbeatRequest(
+                        worker_id=self._worker_id, container_ids=list(self._tasks)
+                    ),
+                )
+            except errors.NotFoundError:
+                await self._register()
+            except errors.Error as error:
+                log.warning("heartbeat failed: %s", error)
+
+    async def stop_all(self) -> None:
+        """Stop every container (each reports its exit and removes what it made)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

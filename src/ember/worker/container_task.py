@@ -1,0 +1,288 @@
+"""One container's life on a worker, from the control plane's start order to its removal.
+
+    source unpacked ─▶ harness socket listening ─▶ runc starts the container
+      ─▶ harness connects and imports the function ("ready", or "init_failure")
+      ─▶ loop: exchange results for inputs with the control plane; feed each input to the harness
+         under the function's timeout, watching for the container's death meanwhile
+      ─▶ stop order, idle stop, timeout or death: kill, report the exit, remove everything
+
+The task reports the exit exactly once, naming the input it was running (a failed attempt) and
+the ones it held but never started (back to the queue untouched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ember.client import Connection
+from ember.client.blobs import from_payload, to_payload
+from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
+from ember.proto import api_pb2
+from ember.proto import harness_frames as frames
+from ember.worker.harness_link import HarnessLink
+from ember.worker.logs import ContainerLogs, LogShipper
+from ember.worker.sources import SourceCache
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 120.0
+EXCHANGE_WAIT_S = 30.0
+PREFETCH = 16  # inputs a container may hold at once; the control plane shares a backlog fairly
+SOURCE_DIR = "/app"
+SOCKET_DIR = "/run/ember"
+
+
+@dataclass
+class Exit:
+    reason: int
+    message: str
+
+
+@dataclass
+class Inputs:
+    """The inputs a container holds: the one running, and those waiting their turn."""
+
+    running: str | None = None
+    waiting: list[str] = field(default_factory=list)
+
+
+class ContainerTask:
+    def __init__(
+        self,
+        spec: api_pb2.ContainerSpec,
+        *,
+        conn: Connection,
+        runtime: Runtime,
+        image_root: Path,
+        sources: SourceCache,
+        logs: LogShipper,
+        socket_root: Path,
+        ember_package: Path,
+    ) -> None:
+        self.spec = spec
+        self._conn = conn
+        self._runtime = runtime
+        self._image_root = image_root
+        self._sources = sources
+        self._logs = logs
+        self._socket_dir = socket_root / spec.container_id
+        self._ember_package = ember_package
+        self._inputs = Inputs()
+        self._results: list[api_pb2.InputResult] = []  # finished, not yet reported
+        self._exit_status: asyncio.Task[ExitStatus] | None = None
+        self._ready = False  # the harness has imported the function
+
+    @property
+    def container_id(self) -> str:
+        return self.spec.container_id
+
+    # ---- the whole life
+
+    async def run(self) -> None:
+        link = HarnessLink()
+        outcome = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, "the container stopped")
+        try:
+            outcome = await self._run(link)
+        except asyncio.CancelledError:
+            outcome = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
+            raise
+        except Exception as error:
+            log.exception("container %s failed", self.container_id)
+            # Before the harness is ready nothing would go better on a retry.
+            reason = (
+                api_pb2.RESULT_STATUS_CONTAINER_DIED
+                if self._ready
+                else api_pb2.RESULT_STATUS_INIT_FAILURE
+            )
+            outcome = Exit(reason, f"the container failed on its host: {error}")
+        finally:
+            await asyncio.shield(self._finish(link, outcome))
+
+    async def _finish(self, link: HarnessLink, outcome: Exit) -> None:
+        await self._runtime.kill(self.container_id)
+        await link.close()
+        with contextlib.suppress(Exception):
+            await self._logs.flush(self.container_id, final=True)
+        await self._runtime.remove(self.container_id)
+        if self._results:
+            await self._exchange(want=0, wait_s=0)
+        with contextlib.suppress(OSError):
+            for path in self._socket_dir.iterdir():
+                path.unlink()
+            self._socket_dir.rmdir()
+        await self._conn.call(
+            self._conn.workers.ContainerExited,
+            api_pb2.ContainerExitedRequest(
+                container_id=self.container_id,
+                reason=outcome.reason,
+                message=outcome.message,
+                inflight_input_ids=[self._inputs.running] if self._inputs.running else [],
+                unstarted_input_ids=self._inputs.waiting,
+            ),
+        )
+
+    async def _run(self, link: HarnessLink) -> Exit:
+        definition = self.spec.function
+        source = await self._sources.ensure(self.spec.source_blob_id)
+        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        await link.listen(self._socket_dir / "harness.sock")
+        await self._runtime.start(self._config(source))
+        self._logs.watch(
+            self.container_id,
+            ContainerLogs(
+                self.spec.app_id,
+                definition.name,
+                self.container_id,
+                self._runtime.log_paths(self.container_id),
+            ),
+        )
+        self._exit_status = asyncio.create_task(self._runtime.wait(self.container_id))
+        hello = await self._until_exit(self._hello(link), STARTUP_TIMEOUT_S)
+        if isinstance(hello, Exit):
+            return hello
+        if hello[0] == "init_failure":
+            _, text, traceback = hello
+            return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, f"{traceback.rstrip()}\n{text}".strip())
+        self._ready = True
+        return await self._serve(link)
+
+    def _config(self, source: Path) -> ContainerConfig:
+        resources = self.spec.function.resources
+        return ContainerConfig(
+            container_id=self.container_id,
+            image_root=self._image_root,
+            args=["python3", "-m", "ember.harness"],
+            env={
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root",
+                "LANG": "C.UTF-8",
+                "PYTHONPATH": f"{SOURCE_DIR}:/opt/ember",
+                "PYTHONUNBUFFERED": "1",
+                "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
+                "EMBER_SOURCE_DIR": SOURCE_DIR,
+                "EMBER_MODULE": self.spec.function.module,
+                "EMBER_QUALNAME": self.spec.function.qualname,
+                "EMBER_CONTAINER_ID": self.container_id,
+            },
+            hostname=self.container_id,
+            cwd="/root",
+            mounts=(
+                BindMount(source, SOURCE_DIR, readonly=True),
+                BindMount(self._ember_package, "/opt/ember/ember", readonly=True),
+                BindMount(self._socket_dir, SOCKET_DIR, readonly=False),
+            ),
+            cpu=resources.cpu_limit,
+            memory_mb=int(resources.memory_limit_mb),
+        )
+
+    async def _hello(self, link: HarnessLink) -> tuple[object, ...]:
+        await link.connected()
+        message = await link.receive()
+        if message is None:
+            return ("init_failure", "the harness exited before it was ready", "")
+        return message
+
+    async def _until_exit(self, work: object, timeout: float | None) -> object:
+        """Run `work` unless the container exits first (an `Exit`) or `timeout` passes (None)."""
+        assert self._exit_status is not None
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(
+            {task, self._exit_status}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return task.result()
+        task.cancel()
+        if self._exit_status in done:
+            return self._describe_exit(self._exit_status.result())
+        return None
+
+    def _describe_exit(self, status: ExitStatus) -> Exit:
+        limit = self.spec.function.resources.memory_limit_mb
+        if status.oom_killed:
+            return Exit(
+                api_pb2.RESULT_STATUS_OUT_OF_MEMORY,
+                f"the container ran out of memory (its limit is {limit} MiB); "
+                "ask for more with @app.function(memory=...)",
+            )
+        if status.signal is not None:
+            how = f"was killed by signal {status.signal}"
+        elif status.exit_code is not None:
+            how = f"exited with code {status.exit_code}"
+        else:
+            how = "exited"
+        return Exit(
+            api_pb2.RESULT_STATUS_CONTAINER_DIED, f"the container {how} while running the input"
+        )
+
+    # ---- serving inputs
+
+    async def _serve(self, link: HarnessLink) -> Exit:
+        while True:
+            response = await self._exchange(want=PREFETCH, wait_s=EXCHANGE_WAIT_S)
+            if response.stop:
+                return Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
+            self._inputs.waiting = [item.input_id for item in response.inputs]
+            for item in response.inputs:
+                self._inputs.running = self._inputs.waiting.pop(0)
+                outcome = await self._run_input(link, item)
+                if outcome is not None:
+                    return outcome
+                self._inputs.running = None
+
+    async def _exchange(self, want: int, wait_s: float) -> api_pb2.ContainerExchangeResponse:
+        """Report finished results and ask for up to `want` more inputs."""
+        results, self._results = self._results, []
+        return await self._conn.call(
+            self._conn.workers.ContainerExchange,
+            api_pb2.ContainerExchangeRequest(
+                container_id=self.container_id, results=results, want_inputs=want, wait_s=wait_s
+            ),
+        )
+
+    async def _run_input(self, link: HarnessLink, item: api_pb2.Input) -> Exit | None:
+        """Feed one input to the harness and collect its result; an `Exit` if the container
+        must go."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.function.timeout_s
+        await link.send(("input", item.input_id, await from_payload(self._conn, item.args)))
+        while True:
+            message = await self._until_exit(link.receive(), max(0.0, deadline - loop.time()))
+            if isinstance(message, Exit):
+                return message
+            if message is None:
+                if loop.time() >= deadline:
+                    return Exit(
+                        api_pb2.RESULT_STATUS_TIMEOUT,
+                        f"the input ran past the function's timeout of {self.spec.function.timeout_s:g} s",
+                    )
+                # The harness closed the socket: the container is on its way out.
+                assert self._exit_status is not None
+                return self._describe_exit(await self._exit_status)
+            _, input_id, gen_index, status, data, text, traceback = message
+            result = api_pb2.InputResult(
+                input_id=input_id,
+                gen_index=gen_index,
+                result=api_pb2.Result(status=status, exception_text=text, traceback=traceback),
+            )
+            if data is not None:
+                result.result.data.CopyFrom(await to_payload(self._conn, data))
+            await self._logs.flush(self.container_id)
+            if self.spec.function.is_generator and status == frames.SUCCESS:
+                # Yielded items stream to the caller now, not with the next exchange.
+                self._results.append(result)
+                await self._exchange(want=0, wait_s=0)
+                continue
+            self._results.append(result)
+            return None
+
+
+def ember_package_dir() -> Path:
+    """The `ember` package this worker runs, mounted read-only into containers for the harness."""
+    import ember
+
+    return Path(os.path.dirname(ember.__file__)).resolve()

@@ -1,0 +1,59 @@
+"""The worker's end of one container's harness socket (see `ember.proto.harness_frames`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from ember.proto import harness_frames as frames
+
+
+class HarnessLink:
+    """Listens on a unix socket for the one harness of a container, then exchanges frames."""
+
+    def __init__(self) -> None:
+        self._connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._server: asyncio.Server | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def listen(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._accept, path=str(path))
+        path.chmod(0o666)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connected.done():
+            writer.close()  # one harness per container
+            return
+        self._connected.set_result((reader, writer))
+
+    async def connected(self) -> None:
+        self._reader, self._writer = await self._connected
+
+    async def send(self, message: tuple[Any, ...]) -> None:
+        assert self._writer is not None
+        self._writer.write(frames.encode(message))
+        await self._writer.drain()
+
+    async def receive(self) -> tuple[Any, ...] | None:
+        """The next frame, or None once the harness has gone."""
+        assert self._reader is not None
+        try:
+            header = await self._reader.readexactly(frames.HEADER.size)
+            (length,) = frames.HEADER.unpack(header)
+            return frames.decode(await self._reader.readexactly(length))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._server is not None:
+            self._server.close()

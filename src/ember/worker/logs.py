@@ -1,0 +1,86 @@
+"""Shipping container output to the control plane.
+
+The runtime writes each container's stdout and stderr to files; a `ContainerLogs` reads what is new
+in them, a line at a time, and the `LogShipper` sends batches every `FLUSH_S`. Before a result is
+reported the container's logs are read and sent first, so a caller sees what an input printed
+before it sees the input's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from ember.client import Connection
+from ember.proto import api_pb2
+
+FLUSH_S = 0.1
+MAX_LINE = 16 << 10  # a line longer than this is shipped in pieces
+
+
+class ContainerLogs:
+    def __init__(
+        self, app_id: str, function_name: str, container_id: str, paths: tuple[Path, Path]
+    ) -> None:
+        self._template = api_pb2.LogEntry(
+            app_id=app_id, function_name=function_name, container_id=container_id
+        )
+        self._paths = paths
+        self._offsets = [0, 0]
+        self._partial = [b"", b""]
+
+    def read_new(self, final: bool = False) -> list[api_pb2.LogEntry]:
+        entries = []
+        for index, path in enumerate(self._paths):
+            try:
+                with path.open("rb") as file:
+                    file.seek(self._offsets[index])
+                    data = file.read()
+            except FileNotFoundError:
+                continue
+            self._offsets[index] += len(data)
+            data = self._partial[index] + data
+            lines = data.splitlines(keepends=True)
+            self._partial[index] = b""
+            if lines and not lines[-1].endswith(b"\n") and not final and len(lines[-1]) < MAX_LINE:
+                self._partial[index] = lines.pop()
+            now = time.time()
+            for line in lines:
+                entry = api_pb2.LogEntry()
+                entry.CopyFrom(self._template)
+                entry.fd = index + 1
+                entry.data = line.decode(errors="replace")
+                entry.timestamp = now
+                entries.append(entry)
+        return entries
+
+
+class LogShipper:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._containers: dict[str, ContainerLogs] = {}
+
+    def watch(self, container_id: str, logs: ContainerLogs) -> None:
+        self._containers[container_id] = logs
+
+    async def flush(self, container_id: str, final: bool = False) -> None:
+        logs = self._containers.get(container_id)
+        if logs is not None:
+            await self._send(logs.read_new(final))
+        if final:
+            self._containers.pop(container_id, None)
+
+    async def _send(self, entries: list[api_pb2.LogEntry]) -> None:
+        if entries:
+            await self._conn.call(
+                self._conn.workers.LogsPut, api_pb2.LogsPutRequest(entries=entries)
+            )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            entries = [e for logs in list(self._containers.values()) for e in logs.read_new()]
+            with contextlib.suppress(Exception):  # logs must never stop the worker
+                await self._send(entries)
