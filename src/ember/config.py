@@ -5,6 +5,8 @@ Everything comes from the environment, so a test or a second cluster can point e
 - `EMBER_DATA_DIR`: the data directory (default `~/.local/share/ember`), home of the local
   cluster, the base image and the worker's containers. It lives outside any checkout so that slow
   things (the base image) are built once per machine.
+- `EMBER_IMAGE_DIR`: where built images live (default `<data dir>/images`); several data
+  directories (a test session's, say) may share one, so the base image is built once per machine.
 - `EMBER_SERVER_URL`: a control plane to use instead of the local cluster (`host:port`).
 """
 
@@ -18,6 +20,11 @@ def data_dir() -> Path:
     configured = os.environ.get("EMBER_DATA_DIR")
     path = Path(configured) if configured else Path.home() / ".local" / "share" / "ember"
     return path.expanduser().absolute()
+
+
+def image_dir() -> Path:
+    configured = os.environ.get("EMBER_IMAGE_DIR")
+    return Path(configured).expanduser().absolute() if configured else data_dir() / "images"
 
 
 def server_url() -> str | None:

@@ -1,7 +1,7 @@
 """The ember base image: a Debian root file system with Python and the harness's requirements.
 
 `Image.debian_slim(python_version)` starts from this tree. It is built once per machine with
-debootstrap into `data_dir()/images/base-<key>/rootfs` and reused afterwards. The key changes
+debootstrap into `image_dir()/base-<key>/rootfs` and reused afterwards. The key changes
 whenever its contents would (suite, packages, cloudpickle version, BASE_FORMAT), so an upgrade of
 any of them builds a fresh image beside the old one instead of patching it.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.status import Status
 
-from ember.config import data_dir
+from ember.config import image_dir
 from ember.container import overlay
 from ember.errors import ExecutionError, InvalidError
 
@@ -61,7 +61,7 @@ def ensure_base_image(python_version: str = "3.11", *, console: Console | None =
     any process) wait for one build and then share it. Progress goes to `console`, or to a new
     console when stdout is a terminal, and nowhere otherwise.
     """
-    images = data_dir() / "images"
+    images = image_dir()
     cached = _built.get((python_version, images))
     if cached is not None:
         return cached

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ember import config, errors
@@ -214,12 +213,12 @@ class App:
 
     # ---- running and deploying
 
-    def _entry_file(self) -> Path:
+    def _entry_module(self) -> str:
         if not self._functions:
             raise errors.InvalidError(f"{self!r} has no functions to run")
         first = next(iter(self._functions.values()))
         assert first.spec is not None
-        return module_file(first.spec.module)
+        return first.spec.module
 
     def _definitions(self) -> list[Any]:
         return [f.spec.to_proto() for f in self._functions.values() if f.spec is not None]
@@ -234,7 +233,8 @@ class App:
     async def _upload_source(self, conn: Connection) -> str:
         from ember.client.blobs import upload
 
-        return await upload(conn, source_archive(self._entry_file()))
+        module = self._entry_module()
+        return await upload(conn, source_archive(module_file(module), module))
 
     async def _start(self, detach: bool) -> None:
         from ember.proto import api_pb2
@@ -244,7 +244,7 @@ class App:
         source_blob_id = await self._upload_source(conn)
         created = await conn.call(
             conn.ember.AppCreate,
-            api_pb2.AppCreateRequest(name=self.name or self._entry_file().stem, detach=detach),
+            api_pb2.AppCreateRequest(name=self.name or self._entry_module(), detach=detach),
         )
         published = await conn.call(
             conn.ember.AppPublish,

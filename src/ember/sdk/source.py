@@ -49,16 +49,21 @@ def _is_local(path: Path, root: Path) -> bool:
     )
 
 
-def local_files(entry: Path) -> list[Path]:
-    """The entry file plus every imported module (or package) that lives beside it."""
-    root = entry.parent
+def source_root(entry: Path, module: str) -> Path:
+    """The directory the module's import name starts from (`a.b` in `/x/a/b.py` -> `/x`)."""
+    return entry.parents[module.count(".")]
+
+
+def local_files(entry: Path, root: Path) -> list[Path]:
+    """The entry file plus every imported module (or package) that lives under `root`."""
+    ember_package = Path(__file__).resolve().parents[1]  # mounted into containers on its own
     files = {entry}
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
         if not file:
             continue
         path = Path(file).resolve()
-        if not _is_local(path, root) or path.suffix != ".py":
+        if not _is_local(path, root) or path.suffix != ".py" or path.is_relative_to(ember_package):
             continue
         if path.name == "__init__.py":
             files.update(p for p in path.parent.rglob("*.py") if _is_local(p, root))
@@ -67,12 +72,12 @@ def local_files(entry: Path) -> list[Path]:
     return sorted(files)
 
 
-def source_archive(entry: Path) -> bytes:
-    """A reproducible tar of `local_files(entry)`, paths relative to the entry's directory."""
-    root = entry.parent
+def source_archive(entry: Path, module: str) -> bytes:
+    """A reproducible tar of the app's local files, paths relative to its source root."""
+    root = source_root(entry, module)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in local_files(entry):
+        for path in local_files(entry, root):
             data = path.read_bytes()
             info = tarfile.TarInfo(str(path.relative_to(root)))
             info.size = len(data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,6 +282,4 @@ class ContainerTask:
 
 def ember_package_dir() -> Path:
     """The `ember` package this worker runs, mounted read-only into containers for the harness."""
-    import ember
-
-    return Path(os.path.dirname(ember.__file__)).resolve()
+    return Path(__file__).resolve().parents[1]
