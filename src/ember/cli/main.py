@@ -27,9 +27,11 @@ service_commands.register(cli)
 def main() -> None:
     """Run the CLI; an error a user can cause ends in one message, never a traceback."""
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)  # an int when a command exits early (130: Ctrl-C)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except errors.Error as error:
-        Console(stderr=True).print(f"[bold red]Error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {error}", highlight=False)
         sys.exit(1)
     except click.exceptions.Abort:
         sys.exit(130)

@@ -90,8 +90,9 @@ class Scheduler:
                 scaledown_window_s=definition.autoscaling.scaledown_window_s,
             )
         )
-        for _ in range(decision.start):
+        for started in range(decision.start):
             if not await self._start(info):
+                await self._evict_idle(info.function_id, decision.start - started)
                 break
         for container_id in decision.stop:
             await self.stop_container(container_id, "idle past its scaledown window")
@@ -144,6 +145,27 @@ class Scheduler:
             ),
         )
         return True
+
+    async def _evict_idle(self, function_id: str, count: int) -> None:
+        """Make room for a function that cannot be placed: stop up to `count` idle containers of
+        other functions (longest idle first), never going below their `min_containers`."""
+        now = self._clock.now()
+        spare: list[tuple[float, str]] = []
+        for other in {c.function_id for c in self._cluster.containers.values()} - {function_id}:
+            containers = [
+                c for c in self._cluster.containers_of(other) if c.state == schema.RUNNING
+            ]
+            keep = self._cluster.definition(other).autoscaling.min_containers
+            idle = [
+                (since, c.container_id)
+                for c in containers
+                if (since := self._dispatcher.idle_since(c.container_id)) is not None
+            ]
+            spare.extend(sorted(idle)[: max(0, len(containers) - keep)])
+        for since, container_id in sorted(spare)[:count]:
+            await self.stop_container(
+                container_id, f"idle for {now - since:.0f} s; its room is needed by another function"
+            )
 
     async def stop_container(self, container_id: str, reason: str) -> None:
         container = self._cluster.containers.get(container_id)

@@ -1,0 +1,1 @@
+"""ember's benchmark suite: `python -m benchmarks.run` (or `make bench`); see run.py."""

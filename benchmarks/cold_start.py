@@ -1,0 +1,164 @@
+"""Cold start: `.remote()` on a function that has no container, to its code running and to the
+result back; and the floor, `runc run` of `python3 -c pass` on the same root file system.
+
+Every sample is cold the way a user meets it, through the real path: input queued, scheduler
+poked, container placed, the worker's start order, overlay mount and `runc run`, the harness
+connecting and importing the app's module, the input leased, the result back through the control
+plane. Two ways to be at zero containers are measured:
+
+- scaled to zero (the headline): one app stays up; its function has the shortest scaledown window
+  (1 s); before each sample the benchmark waits until the cluster has no container at all, so the
+  function scaled back to zero as an idle function does.
+- new app: each sample runs the app afresh (`with app.run():` per sample: a new app and function
+  id); the app's set-up (source upload, AppCreate, AppPublish) is not timed, only `.remote()`.
+
+The function returns `time.time()` read on its first line; the caller reads `time.time()` just
+before `.remote()`, so "to user code" is the difference (one host, one clock) and "to result" is
+the caller's wall time for the whole call.
+
+The floor uses ember's own `RuncRuntime` exactly as the worker does (overlay over the base image,
+`runc run`), timed from `start()` until `wait()` returns, in a state directory of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    Figure,
+    Outcome,
+    cluster_stub,
+    deadline_loop,
+    load_app,
+    log,
+    percentile,
+    summary_ms,
+    wait_for_containers,
+)
+
+TARGET_P50_MS = 250.0
+ZERO_TIMEOUT_S = 60.0  # how long to wait for the previous sample's container to go
+
+
+def run(samples: int, limit_s: float, state_dir: Path, new_app: bool) -> Outcome:
+    outcome = Outcome("cold start")
+    floor = _floor(samples, state_dir)
+    log(f"  runc floor (python3 -c pass): {summary_ms(floor)}")
+    outcome.details.append(f"runc run floor: {summary_ms(floor)}")
+    floor_p50 = percentile(floor, 50) * 1000
+    floor_p99 = percentile(floor, 99) * 1000
+
+    module = load_app("cold_app.py")
+    stub = cluster_stub()
+    budget = limit_s / 2 if new_app else limit_s
+    to_user, to_result = _scaled_to_zero(module, stub, samples, budget)
+    _report(outcome, "scaled to zero", to_user, to_result, samples, floor_p50, floor_p99, True)
+    if new_app:
+        to_user, to_result = _new_app(module, stub, samples, budget)
+        _report(outcome, "new app", to_user, to_result, samples, floor_p50, floor_p99, False)
+    return outcome
+
+
+def _report(
+    outcome: Outcome,
+    mode: str,
+    to_user: list[float],
+    to_result: list[float],
+    samples: int,
+    floor_p50: float,
+    floor_p99: float,
+    headline: bool,
+) -> None:
+    if len(to_result) < samples:
+        outcome.details.append(f"{mode}: stopped at its time limit after {len(to_result)} samples")
+    log(f"  ember cold start ({mode}) to user code: {summary_ms(to_user)}")
+    log(f"  ember cold start ({mode}) to result:    {summary_ms(to_result)}")
+    outcome.details.append(f"{mode}, to user code: {summary_ms(to_user)}")
+    outcome.details.append(f"{mode}, to result: {summary_ms(to_result)}")
+    for label, values in (("to user code", to_user), ("to result", to_result)):
+        for q, floor in ((50, floor_p50), (99, floor_p99)):
+            value = percentile(values, q) * 1000
+            target = label == "to result" and q == 50 and headline
+            outcome.figures.append(
+                Figure(
+                    f"cold start ({mode}) {label} p{q}",
+                    value,
+                    "ms",
+                    baseline=floor,
+                    baseline_name="runc floor",
+                    target=f"<= {TARGET_P50_MS:g} ms" if target else "",
+                    met=value <= TARGET_P50_MS if target else None,
+                )
+            )
+
+
+def _scaled_to_zero(
+    module: object, stub: object, samples: int, limit_s: float
+) -> tuple[list[float], list[float]]:
+    app, first_line = module.app, module.first_line  # type: ignore[attr-defined]
+    to_user: list[float] = []
+    to_result: list[float] = []
+    with app.run():
+        for _ in deadline_loop(samples, limit_s):
+            wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+            started = time.time()
+            ran_at = first_line.remote()
+            to_result.append(time.time() - started)
+            to_user.append(ran_at - started)
+    return to_user, to_result
+
+
+def _new_app(
+    module: object, stub: object, samples: int, limit_s: float
+) -> tuple[list[float], list[float]]:
+    app, first_line = module.app, module.first_line  # type: ignore[attr-defined]
+    to_user: list[float] = []
+    to_result: list[float] = []
+    for _ in deadline_loop(samples, limit_s):
+        wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+        with app.run():
+            started = time.time()
+            ran_at = first_line.remote()
+            to_result.append(time.time() - started)
+            to_user.append(ran_at - started)
+    return to_user, to_result
+
+
+def _floor(samples: int, state_dir: Path) -> list[float]:
+    return asyncio.run(_floor_async(samples, state_dir))
+
+
+async def _floor_async(samples: int, state_dir: Path) -> list[float]:
+    from ember.builder import ensure_base_image
+    from ember.container import ContainerConfig, RuncRuntime
+
+    image_root = ensure_base_image()
+    runtime = RuncRuntime(state_dir)
+    prefix = f"bench-floor-{secrets.token_hex(4)}"
+    times: list[float] = []
+    # One untimed run first, so the page cache holds what python3 reads, as it does for ember.
+    for i in range(samples + 1):
+        config = ContainerConfig(
+            container_id=f"{prefix}-{i}",
+            image_root=image_root,
+            args=["python3", "-c", "pass"],
+            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+            hostname="floor",
+            cpu=0,
+            memory_mb=0,
+        )
+        started = time.perf_counter()
+        try:
+            await runtime.start(config)
+            status = await asyncio.wait_for(runtime.wait(config.container_id), 60)
+            elapsed = time.perf_counter() - started
+        finally:
+            await runtime.remove(config.container_id)
+        if status.exit_code != 0:
+            raise RuntimeError(f"the floor container failed: {status}")
+        if i:
+            times.append(elapsed)
+    return times

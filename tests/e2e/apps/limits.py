@@ -1,0 +1,44 @@
+"""Functions that break on purpose: memory, time, crashes, retries."""
+
+import os
+import socket
+import time
+
+import ember
+
+app = ember.App("e2e-limits")
+
+
+@app.function(memory=128)
+def allocate(mb: int) -> str:
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return socket.gethostname()
+
+
+@app.function(timeout=2)
+def sleep_then_host(seconds: float) -> str:
+    time.sleep(seconds)
+    return socket.gethostname()
+
+
+@app.function(retries=ember.Retries(max_retries=2, initial_delay=0.5, backoff_coefficient=1.0))
+def crash_until(deadline: float) -> str:
+    """Dies (as a segfault would: no exception, the process is gone) until `deadline` passes."""
+    print(f"attempt on {socket.gethostname()}", flush=True)
+    if time.time() < deadline:
+        os._exit(139)
+    return socket.gethostname()
+
+
+@app.function(retries=1)
+def always_crash() -> None:
+    os._exit(1)
+
+
+@app.function(retries=ember.Retries(max_retries=3, initial_delay=0.1, backoff_coefficient=1.0))
+def raise_until(deadline: float) -> str:
+    if time.time() < deadline:
+        raise RuntimeError("not yet")
+    return "done"

@@ -1,0 +1,122 @@
+"""The command line, as a user types it."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import APPS, ember_cli
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def test_run_local_entrypoint_with_options(cluster: Any) -> None:
+    result = ember_cli("run", str(EXAMPLES / "hello.py"), "--n", "5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "9 16" in lines
+    assert "30" in lines  # sum of squares of 0..4
+    assert "25" in lines
+    assert "squaring 4" in lines  # printed inside the container, shown here
+
+
+def test_run_one_function(cluster: Any) -> None:
+    result = ember_cli("run", f"{APPS / 'basics.py'}::add", "--a", "3", "--b", "4")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "7"
+
+
+def test_run_rejects_a_bad_option_value(cluster: Any) -> None:
+    result = ember_cli("run", str(EXAMPLES / "hello.py"), "--n", "many")
+    assert result.returncode == 2
+    assert "'many' is not a valid integer" in result.stderr
+
+
+def test_deploy_then_call_by_name_from_another_process(cluster: Any) -> None:
+    first = ember_cli("deploy", str(APPS / "deployed.py"))
+    assert first.returncode == 0, first.stderr
+    assert "version 1" in first.stderr
+    second = ember_cli("deploy", str(APPS / "deployed.py"))
+    assert "version 2" in second.stderr
+
+    call = subprocess.run(
+        [sys.executable, "-c", "import ember; print(ember.Function.from_name('e2e-deployed', 'triple').remote(7))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert call.stdout.strip() == "21", call.stderr
+
+    listed = ember_cli("app", "list")
+    assert "e2e-deployed" in listed.stdout and "deployed" in listed.stdout
+
+    logs = ember_cli("app", "logs", "e2e-deployed", "--no-follow")
+    assert "tripling 7" in logs.stdout
+
+    stopped = ember_cli("app", "stop", "e2e-deployed")
+    assert stopped.returncode == 0, stopped.stderr
+    gone = subprocess.run(
+        [sys.executable, "-c", "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(1)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "no running or deployed app named 'e2e-deployed'" in gone.stderr
+
+
+def test_app_logs_follows_live(cluster: Any) -> None:
+    assert ember_cli("deploy", str(APPS / "deployed.py")).returncode == 0
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "ember", "app", "logs", "e2e-deployed"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        subprocess.run(
+            [sys.executable, "-c", "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(11)"],
+            timeout=120,
+            check=True,
+        )
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "tripling 11" not in seen and time.monotonic() < deadline:
+            seen += follower.stdout.readline()
+        assert "tripling 11" in seen
+    finally:
+        follower.kill()
+        ember_cli("app", "stop", "e2e-deployed")
+
+
+def test_detach_keeps_the_app_running(cluster: Any) -> None:
+    result = ember_cli("run", "--detach", f"{APPS / 'deployed.py'}::triple", "--x", "2")
+    assert result.returncode == 0, result.stderr
+    assert "keeps running" in result.stderr
+    assert "detached" in ember_cli("app", "list").stdout
+    assert ember_cli("app", "stop", "e2e-deployed").returncode == 0
+
+
+def test_ctrl_c_stops_the_ephemeral_app(cluster: Any) -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ember", "run", str(APPS / "long_entrypoint.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None
+    assert run.stdout.readline().strip() == "pong"
+    assert "e2e-long" in ember_cli("app", "list").stdout
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130
+    assert "e2e-long" not in ember_cli("app", "list").stdout
+
+
+def test_cluster_status_shows_the_worker(cluster: Any) -> None:
+    result = ember_cli("cluster", "status")
+    assert result.returncode == 0, result.stderr
+    assert "wk-" in result.stdout
