@@ -6,8 +6,6 @@ import tempfile
 from pathlib import Path
 
 _session_dir = tempfile.mkdtemp(prefix="ember-tests-")
-os.environ.setdefault(
-    "EMBER_IMAGE_DIR", str(Path("~/.local/share/ember/images").expanduser())
-)
+os.environ.setdefault("EMBER_IMAGE_DIR", str(Path("~/.local/share/ember/images").expanduser()))
 os.environ["EMBER_DATA_DIR"] = _session_dir
 os.environ.pop("EMBER_SERVER_URL", None)

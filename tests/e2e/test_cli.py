@@ -42,7 +42,11 @@ def test_deploy_then_call_by_name_from_another_process(cluster: Any) -> None:
     assert "version 2" in second.stderr
 
     call = subprocess.run(
-        [sys.executable, "-c", "import ember; print(ember.Function.from_name('e2e-deployed', 'triple').remote(7))"],
+        [
+            sys.executable,
+            "-c",
+            "import ember; print(ember.Function.from_name('e2e-deployed', 'triple').remote(7))",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -59,7 +63,11 @@ def test_deploy_then_call_by_name_from_another_process(cluster: Any) -> None:
     stopped = ember_cli("app", "stop", "e2e-deployed")
     assert stopped.returncode == 0, stopped.stderr
     gone = subprocess.run(
-        [sys.executable, "-c", "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(1)"],
+        [
+            sys.executable,
+            "-c",
+            "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(1)",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -78,7 +86,11 @@ def test_app_logs_follows_live(cluster: Any) -> None:
     try:
         time.sleep(1.0)
         subprocess.run(
-            [sys.executable, "-c", "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(11)"],
+            [
+                sys.executable,
+                "-c",
+                "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(11)",
+            ],
             timeout=120,
             check=True,
         )

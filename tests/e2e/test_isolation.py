@@ -37,7 +37,9 @@ def test_host_files_outside_the_image_are_invisible(basics: Any) -> None:
     try:
         seen = basics.inside.remote(str(marker))
         assert seen["host_path_visible"] is False
-        assert basics.inside.remote("/usr/bin/python3")["host_path_visible"] is True  # the image's own
+        assert (
+            basics.inside.remote("/usr/bin/python3")["host_path_visible"] is True
+        )  # the image's own
         assert seen["etc_hostname_exists"] is False  # the host's /etc/hostname is not there
     finally:
         marker.unlink()
@@ -48,6 +50,6 @@ def test_app_source_is_read_only(basics: Any) -> None:
 
 
 def test_memory_limit_fails_the_input_and_the_next_call_works(limits: Any) -> None:
-    with pytest.raises(ember.OutOfMemoryError, match="ran out of memory.*128 MiB"):
+    with pytest.raises(ember.OutOfMemoryError, match=r"ran out of memory.*128 MiB"):
         limits.allocate.remote(400)
     assert limits.allocate.remote(8)  # a fresh container serves the next call

@@ -132,12 +132,22 @@ def ensure_running() -> LocalCluster:
                 "EMBER_SERVER_URL to a cluster started by `ember server` and `ember worker`"
             )
         address = f"127.0.0.1:{_free_port()}"
-        data = str(config.data_dir())
-        control_pid = _spawn("control", ["server", "--address", address, "--data-dir", data])
-        worker_pid = _spawn("worker", ["worker", "--server", address, "--data-dir", data])
+        control_pid = start_control(address)
+        worker_pid = start_worker(address)
         (cluster_dir() / "address").write_text(address)
         _wait_for_worker(address, worker_pid)
         return LocalCluster(address, control_pid, worker_pid)
+
+
+def start_control(address: str) -> int:
+    """Start the control plane on `address`; its state (SQLite, blobs) is in the data dir, so a
+    control plane started again after a crash carries on where the last one stopped."""
+    return _spawn("control", ["server", "--address", address, "--data-dir", str(config.data_dir())])
+
+
+def start_worker(address: str) -> int:
+    """Start the worker; one started again after a crash first removes what the last one left."""
+    return _spawn("worker", ["worker", "--server", address, "--data-dir", str(config.data_dir())])
 
 
 def _stop_processes(timeout_s: float = 30.0) -> list[int]:

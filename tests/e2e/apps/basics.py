@@ -48,8 +48,7 @@ def fail_with_container_only_class() -> None:
 
 @app.function()
 def countdown(n: int):
-    for i in range(n, 0, -1):
-        yield i
+    yield from range(n, 0, -1)
 
 
 @app.function()

@@ -42,3 +42,9 @@ def raise_until(deadline: float) -> str:
     if time.time() < deadline:
         raise RuntimeError("not yet")
     return "done"
+
+
+@app.function(retries=2)
+def slow_square(x: int) -> int:
+    time.sleep(3)
+    return x * x

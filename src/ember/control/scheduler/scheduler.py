@@ -164,7 +164,8 @@ class Scheduler:
             spare.extend(sorted(idle)[: max(0, len(containers) - keep)])
         for since, container_id in sorted(spare)[:count]:
             await self.stop_container(
-                container_id, f"idle for {now - since:.0f} s; its room is needed by another function"
+                container_id,
+                f"idle for {now - since:.0f} s; its room is needed by another function",
             )
 
     async def stop_container(self, container_id: str, reason: str) -> None:
