@@ -78,6 +78,9 @@ def _report(
     log(f"  ember cold start ({mode}) to result:    {summary_ms(to_result)}")
     outcome.details.append(f"{mode}, to user code: {summary_ms(to_user)}")
     outcome.details.append(f"{mode}, to result: {summary_ms(to_result)}")
+    each = ", ".join(f"{s * 1000:.0f}" for s in to_result)
+    outcome.details.append(f"{mode}, each sample to result, in order (ms): {each}")
+    log(f"  each sample to result, in order (ms): {each}")
     for label, values in (("to user code", to_user), ("to result", to_result)):
         for q, floor in ((50, floor_p50), (99, floor_p99)):
             value = percentile(values, q) * 1000

@@ -8,8 +8,8 @@
      ├── ExecutionError          user code could not run (import failed, container died)
      │    └── OutOfMemoryError   the container went past its `memory=` limit
      ├── RemoteError             a remote exception that cannot be rebuilt locally; carries its text
-     ├── FunctionTimeoutError    an input ran past the function's `timeout=`
      ├── TimeoutError            waiting for a result took longer than the caller allowed
+     │    └── FunctionTimeoutError  an input ran past the function's `timeout=`
      ├── InputCancelledError     the input was cancelled before it finished
      └── ConnectionError         the control plane cannot be reached
 
@@ -59,12 +59,12 @@ class RemoteError(Error):
         self.remote_traceback = remote_traceback
 
 
-class FunctionTimeoutError(Error, builtins.TimeoutError):
-    """An input ran longer than the function's `timeout`."""
-
-
 class TimeoutError(Error, builtins.TimeoutError):
     """A result was not ready within the time the caller was willing to wait."""
+
+
+class FunctionTimeoutError(TimeoutError):
+    """An input ran longer than the function's `timeout`."""
 
 
 class InputCancelledError(Error):
@@ -84,13 +84,13 @@ GRPC_CODES: dict[type[Error], str] = {
     ExecutionError: "FAILED_PRECONDITION",
     OutOfMemoryError: "RESOURCE_EXHAUSTED",
     RemoteError: "UNKNOWN",
-    FunctionTimeoutError: "DEADLINE_EXCEEDED",
     TimeoutError: "DEADLINE_EXCEEDED",
+    FunctionTimeoutError: "DEADLINE_EXCEEDED",
     InputCancelledError: "CANCELLED",
     ConnectionError: "UNAVAILABLE",
 }
 
-# The class rebuilt for a code: the most general kind that uses it.
+# The class rebuilt for a code: the most general kind that uses it (the table lists it first).
 ERROR_FOR_CODE: dict[str, type[Error]] = {}
 for _kind, _code in GRPC_CODES.items():
     ERROR_FOR_CODE.setdefault(_code, _kind)

@@ -115,3 +115,24 @@ async def test_aio_variants(basics: Any) -> None:
     call = await basics.square.spawn.aio(7)
     assert await call.get.aio(timeout=60) == 49
     assert await ember.FunctionCall.gather.aio(call) == [49]
+
+
+def test_map_reads_its_inputs_lazily(basics: Any) -> None:
+    """A long map holds at most a window of inputs, never the whole iterable."""
+    from ember.sdk._map import BATCH_INPUTS, MAX_PENDING
+
+    total = 2 * MAX_PENDING + 5000
+    consumed = 0
+
+    def numbers() -> Any:
+        nonlocal consumed
+        for i in range(total):
+            consumed = i + 1
+            yield i
+
+    most_ahead = received = 0
+    for received, value in enumerate(basics.add.map(numbers()), 1):
+        most_ahead = max(most_ahead, consumed - received)
+        assert value == received - 1
+    assert received == total
+    assert most_ahead <= MAX_PENDING + BATCH_INPUTS

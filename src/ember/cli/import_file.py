@@ -13,8 +13,7 @@ from ember.sdk import App, Function, LocalEntrypoint
 Runnable = Function | LocalEntrypoint
 
 
-def import_app_file(path_text: str) -> object:
-    """Import `path_text` as a module named after the file, its directory first on sys.path."""
+def _exec_file(path_text: str) -> object:
     path = Path(path_text).resolve()
     if not path.is_file():
         raise errors.InvalidError(f"no such file: {path_text}")
@@ -27,6 +26,17 @@ def import_app_file(path_text: str) -> object:
     sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]  # no half-imported module is left behind
+        raise
+    return module
+
+
+def import_app_file(path_text: str) -> object:
+    """Import `path_text` as a module named after the file, its directory first on sys.path;
+    what goes wrong becomes one InvalidError naming the file."""
+    try:
+        return _exec_file(path_text)
     except SyntaxError as error:
         raise errors.InvalidError(
             f"{path_text} has a syntax error at line {error.lineno}: {error.msg}\n"
@@ -38,7 +48,6 @@ def import_app_file(path_text: str) -> object:
         raise errors.InvalidError(
             f"importing {path_text} failed:\n{traceback.format_exc().rstrip()}"
         ) from error
-    return module
 
 
 def find_apps(module: object) -> list[App]:

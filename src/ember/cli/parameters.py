@@ -15,23 +15,29 @@ _TYPES: dict[Any, click.ParamType] = {int: click.INT, float: click.FLOAT, str: c
 
 def _option(name: str, parameter: inspect.Parameter, annotation: Any) -> click.Option:
     flag = "--" + name.replace("_", "-")
-    required = parameter.default is inspect.Parameter.empty
-    default = None if required else parameter.default
+    # A required option gets no default at all: an explicit None would count as one.
+    settings: dict[str, Any] = {"required": True}
+    if parameter.default is not inspect.Parameter.empty:
+        settings = {"default": parameter.default, "required": False}
     if annotation is bool:
-        return click.Option(
-            [f"{flag}/--no-{flag[2:]}", name], default=bool(default), required=required
-        )
+        return click.Option([f"{flag}/--no-{flag[2:]}", name], **settings)
     if get_origin(annotation) is Literal:
-        choice = click.Choice([str(value) for value in get_args(annotation)])
-        return click.Option([flag, name], type=choice, default=default, required=required)
+        values = {str(value): value for value in get_args(annotation)}
+        return click.Option(
+            [flag, name],
+            type=click.Choice(list(values)),
+            callback=lambda _ctx, _param, text: values.get(text, text),
+            **settings,
+        )
     if annotation is inspect.Parameter.empty:
+        default = settings.get("default")
         annotation = type(default) if default is not None else str
     if annotation not in _TYPES:
         raise errors.InvalidError(
             f"parameter {name!r} has type {annotation!r}; command-line options take int, float, "
             "str, bool or a Literal"
         )
-    return click.Option([flag, name], type=_TYPES[annotation], default=default, required=required)
+    return click.Option([flag, name], type=_TYPES[annotation], **settings)
 
 
 def parse_arguments(

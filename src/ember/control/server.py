@@ -99,6 +99,8 @@ class ControlPlane:
                 c.state,
                 c.created_at,
             )
+        for container in self.cluster.containers.values():
+            await self.load_function(container.function_id)
         for leased in await self.store.calls.leased():
             await self.load_function(leased.function_id)
         for queued in await self.store.calls.queued():

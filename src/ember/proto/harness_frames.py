@@ -31,7 +31,10 @@ def encode(message: tuple[Any, ...]) -> bytes:
 
 
 def decode(body: bytes) -> tuple[Any, ...]:
-    message = pickle.loads(body)
+    try:
+        message = pickle.loads(body)
+    except Exception as error:
+        raise ValueError(f"malformed harness frame: {error}") from None
     if not isinstance(message, tuple) or not message:
         raise ValueError("malformed harness frame")
     return message

@@ -258,11 +258,18 @@ class App:
         for name, function in self._functions.items():
             function._hydrate(published.function_ids[name])
         self._running = _RunningApp(conn, created.app_id)
+        shown = console()
+        if shown is not None:
+            names = ", ".join(self._functions)
+            shown.print(f"[green]✓[/] app {self.app_id} running: {names}", highlight=False)
 
     async def _stop(self, detach: bool) -> None:
         running, self._running = self._running, None
         if running is not None:
             await running.stop(stop_app=not detach)
+            shown = console()
+            if shown is not None and not detach:
+                shown.print(f"[green]✓[/] app {running.app_id} stopped", highlight=False)
         for function in self._functions.values():
             function._hydrate(None)
 

@@ -6,8 +6,8 @@
          under the function's timeout, watching for the container's death meanwhile
       ─▶ stop order, idle stop, timeout or death: kill, report the exit, remove everything
 
-The task reports the exit exactly once, naming the input it was running (a failed attempt) and
-the ones it held but never started (back to the queue untouched).
+The task reports the exit exactly once, naming the input it was running (a failed attempt); the
+control plane puts the others the container held back in the queue untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ember.client import Connection
@@ -42,14 +42,6 @@ class Exit:
     message: str
 
 
-@dataclass
-class Inputs:
-    """The inputs a container holds: the one running, and those waiting their turn."""
-
-    running: str | None = None
-    waiting: list[str] = field(default_factory=list)
-
-
 class ContainerTask:
     def __init__(
         self,
@@ -71,7 +63,7 @@ class ContainerTask:
         self._logs = logs
         self._socket_dir = socket_root / spec.container_id
         self._ember_package = ember_package
-        self._inputs = Inputs()
+        self._running: str | None = None  # the input the harness is running
         self._results: list[api_pb2.InputResult] = []  # finished, not yet reported
         self._exit_status: asyncio.Task[ExitStatus] | None = None
         self._ready = False  # the harness has imported the function
@@ -120,8 +112,7 @@ class ContainerTask:
                 container_id=self.container_id,
                 reason=outcome.reason,
                 message=outcome.message,
-                inflight_input_ids=[self._inputs.running] if self._inputs.running else [],
-                unstarted_input_ids=self._inputs.waiting,
+                inflight_input_ids=[self._running] if self._running else [],
             ),
         )
 
@@ -225,13 +216,12 @@ class ContainerTask:
             response = await self._exchange(want=PREFETCH, wait_s=EXCHANGE_WAIT_S)
             if response.stop:
                 return Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
-            self._inputs.waiting = [item.input_id for item in response.inputs]
             for item in response.inputs:
-                self._inputs.running = self._inputs.waiting.pop(0)
+                self._running = item.input_id
                 outcome = await self._run_input(link, item)
                 if outcome is not None:
                     return outcome
-                self._inputs.running = None
+                self._running = None
 
     async def _exchange(self, want: int, wait_s: float) -> api_pb2.ContainerExchangeResponse:
         """Report finished results and ask for up to `want` more inputs."""

@@ -35,6 +35,8 @@ class ContainerLogs:
         entries = []
         for index, path in enumerate(self._paths):
             try:
+                if path.stat().st_size <= self._offsets[index] and not final:
+                    continue  # nothing new: the common case, checked without opening the file
                 with path.open("rb") as file:
                     file.seek(self._offsets[index])
                     data = file.read()

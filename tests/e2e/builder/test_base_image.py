@@ -73,9 +73,9 @@ def test_unsupported_python_version_names_the_supported_ones() -> None:
 def test_failed_debootstrap_reports_its_output_and_leaves_no_image(
     base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EMBER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EMBER_IMAGE_DIR", str(tmp_path / "images"))
     monkeypatch.setenv("EMBER_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
     with pytest.raises(ExecutionError, match=r"(?s)debootstrap bookworm.*Last output:.*E: "):
         ensure_base_image()
-    images = tmp_path / "data" / "images"
+    images = tmp_path / "images"
     assert [path.name for path in images.iterdir() if not path.name.endswith(".lock")] == []

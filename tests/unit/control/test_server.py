@@ -229,11 +229,6 @@ async def test_a_stopped_container_is_told_to_stop(plane, conn) -> None:
     assert exchanged.stop is True and list(exchanged.inputs) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ContainerExchange applies reported results before checking the container: any "
-    "container id, even an unknown one, can finish an input leased to another container",
-)
 async def test_a_container_cannot_report_results_for_inputs_it_does_not_hold(plane, conn) -> None:
     _, function_id = await start_app(conn)
     await call(conn, function_id)
@@ -260,11 +255,6 @@ async def test_a_container_cannot_report_results_for_inputs_it_does_not_hold(pla
     assert plane.dispatcher.holds(container_id) == {leased.input_id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Dispatcher.cancel leaves cancelled inputs in its ready queue, so the next scheduler "
-    "tick starts a container for a call that was cancelled before it ran",
-)
 async def test_a_cancelled_call_starts_no_container(plane, conn) -> None:
     _, function_id = await start_app(conn)
     await call(conn, function_id)

@@ -68,7 +68,7 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         self, request: api_pb2.ContainerExchangeRequest, context: Context
     ) -> api_pb2.ContainerExchangeResponse:
         plane = self._plane
-        await plane.dispatcher.report(list(request.results))
+        await plane.dispatcher.report(request.container_id, list(request.results))
         container = plane.cluster.containers.get(request.container_id)
         if container is None or container.state == schema.STOPPING:
             return api_pb2.ContainerExchangeResponse(stop=True)
@@ -99,11 +99,7 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         self, request: api_pb2.ContainerExitedRequest, context: Context
     ) -> api_pb2.ContainerExitedResponse:
         await self._plane.scheduler.container_exited(
-            request.container_id,
-            request.reason,
-            request.message,
-            list(request.inflight_input_ids),
-            list(request.unstarted_input_ids),
+            request.container_id, request.reason, request.message, list(request.inflight_input_ids)
         )
         return api_pb2.ContainerExitedResponse()
 

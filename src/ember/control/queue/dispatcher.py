@@ -179,14 +179,15 @@ class Dispatcher:
 
     # ---- results in
 
-    async def report(self, results: Sequence[api_pb2.InputResult]) -> None:
-        """Apply results a container reported for inputs it leased."""
+    async def report(self, container_id: str, results: Sequence[api_pb2.InputResult]) -> None:
+        """Apply results a container reported for inputs it holds (a container acts only as
+        itself: results for inputs it does not hold are ignored)."""
         finals: list[FinalResult] = []
         failed: list[tuple[str, Lease, api_pb2.Result]] = []
         for item in results:
             lease = self._leases.get(item.input_id)
-            if lease is None:
-                continue  # reported before, or the input was cancelled or re-leased
+            if lease is None or lease.container_id != container_id:
+                continue  # reported before, cancelled, re-leased, or not this container's
             definition = self._definition(lease.function_id)
             status = item.result.status
             if definition.is_generator and status == api_pb2.RESULT_STATUS_SUCCESS:
@@ -237,19 +238,15 @@ class Dispatcher:
             )
 
     async def container_exited(
-        self,
-        container_id: str,
-        reason: int,
-        message: str,
-        inflight: Sequence[str],
-        unstarted: Sequence[str],
+        self, container_id: str, reason: int, message: str, inflight: Sequence[str]
     ) -> None:
-        """A container is gone: its running inputs failed an attempt, the rest go back."""
+        """A container is gone: the input it was running failed an attempt; the others it held
+        never started and go back to the queue as they were."""
         result = api_pb2.Result(status=reason, exception_text=message)
         held = self._held.pop(container_id, set())
         self._idle_since.pop(container_id, None)
-        # Anything it held that the worker did not mention never started.
-        back = [i for i in held if i not in set(inflight)] + list(unstarted)
+        inflight = [input_id for input_id in inflight if input_id in held]
+        back = [input_id for input_id in held if input_id not in inflight]
         await self._store.calls.requeue(back, self._clock.now(), undo_attempt=True)
         self.enqueue(
             QueuedInput(input_id, lease.function_id, self._clock.now())
@@ -263,12 +260,18 @@ class Dispatcher:
         ]
         await self._fail(failed)
 
+    def _forget_queued(self, input_ids: set[str]) -> None:
+        """Drop inputs from the ready and delayed queues (they will not run)."""
+        for function_id, ready in list(self._ready.items()):
+            self._ready[function_id] = deque(i for i in ready if i not in input_ids)
+        self._delayed = [entry for entry in self._delayed if entry[1] not in input_ids]
+        heapq.heapify(self._delayed)
+
     async def fail_queued(self, function_id: str, result: api_pb2.Result) -> None:
         """Fail every input waiting for a function that cannot start (its import failed)."""
-        ready = self._ready.pop(function_id, deque())
-        ids = list(ready) + [i for _, i, fid in self._delayed if fid == function_id]
-        self._delayed = [entry for entry in self._delayed if entry[2] != function_id]
-        heapq.heapify(self._delayed)
+        ids = list(self._ready.get(function_id, ()))
+        ids += [i for _, i, fid in self._delayed if fid == function_id]
+        self._forget_queued(set(ids))
         await self._finish([FinalResult(i, 0, result.SerializeToString(), True) for i in ids])
 
     async def expire_leases(self) -> None:
@@ -299,6 +302,7 @@ class Dispatcher:
     async def cancel(self, call_id: str) -> set[str]:
         """Cancel a call's unfinished inputs; returns the containers that were running them."""
         cancelled = await self._store.calls.cancel(call_id)
+        self._forget_queued({item.input_id for item in cancelled})
         result = api_pb2.Result(
             status=api_pb2.RESULT_STATUS_CANCELLED, exception_text="the function call was cancelled"
         )

@@ -148,7 +148,11 @@ class Scheduler:
 
     async def _evict_idle(self, function_id: str, count: int) -> None:
         """Make room for a function that cannot be placed: stop up to `count` idle containers of
-        other functions (longest idle first), never going below their `min_containers`."""
+        other functions (longest idle first), never going below their `min_containers`. Room
+        already being freed (containers stopping) counts against `count`."""
+        count -= sum(1 for c in self._cluster.containers.values() if c.state == schema.STOPPING)
+        if count <= 0:
+            return
         now = self._clock.now()
         spare: list[tuple[float, str]] = []
         for other in {c.function_id for c in self._cluster.containers.values()} - {function_id}:
@@ -187,13 +191,12 @@ class Scheduler:
         reason: int,
         message: str,
         inflight: Sequence[str],
-        unstarted: Sequence[str],
     ) -> None:
         container = self._cluster.containers.pop(container_id, None)
         await self._store.cluster.set_container_state(
             [container_id], schema.STOPPED, self._clock.now(), message
         )
-        await self._dispatcher.container_exited(container_id, reason, message, inflight, unstarted)
+        await self._dispatcher.container_exited(container_id, reason, message, inflight)
         if container is not None and reason == api_pb2.RESULT_STATUS_INIT_FAILURE:
             # The function cannot start: fail what waits for it instead of retrying forever.
             await self._dispatcher.fail_queued(
@@ -241,7 +244,6 @@ class Scheduler:
                     api_pb2.RESULT_STATUS_CONTAINER_DIED,
                     "the container disappeared from its host",
                     self._dispatcher.holds(container.container_id),
-                    (),
                 )
         for container_id in reported - set(self._cluster.containers):
             self._cluster.order(worker_id, api_pb2.WorkerOrder(stop_container_id=container_id))
@@ -261,7 +263,6 @@ class Scheduler:
                         api_pb2.RESULT_STATUS_CONTAINER_DIED,
                         "the container's host stopped answering",
                         self._dispatcher.holds(container.container_id),
-                        (),
                     )
         silent = await self._store.apps.ephemeral_silent_since(now - APP_HEARTBEAT_TIMEOUT_S)
         if silent:
