@@ -58,6 +58,7 @@ class Outcome:
     details: list[str] = field(default_factory=list)
     skipped: str = ""
     seconds: float = 0.0
+    cpu: str = ""  # how busy the machine was meanwhile, and by whom
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -168,6 +169,63 @@ class Machine:
         return (
             f"{self.cpu}, {self.cores} cores, {self.memory_gib:.1f} GiB, {self.kernel}; "
             f"Python {self.python}; {self.runc}; ember at {self.revision}"
+        )
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _our_cpu_s() -> float:
+    """CPU seconds used by this process and everything it started (the local cluster, its
+    containers, Ray): each live process's own time plus that of its children it has reaped."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class CpuMeter:
+    """How busy the machine was during a benchmark: by us, and by everything else."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._machine = _machine_busy_s()
+        self._ours = _our_cpu_s()
+
+    def read(self) -> str:
+        wall = max(time.monotonic() - self._started, 1e-9)
+        machine = (_machine_busy_s() - self._machine) / wall
+        ours = (_our_cpu_s() - self._ours) / wall
+        others = max(0.0, machine - ours)
+        return (
+            f"CPU busy {machine:.2f} of {os.cpu_count()} cores: {ours:.2f} by the benchmark and "
+            f"what it started, {others:.2f} by other work on the machine"
         )
 
 

@@ -70,6 +70,10 @@ def run(calls: int, warmup: int, tasks: int, limit_s: float) -> tuple[Outcome, d
     for line in result.pop("lines", []):
         log(f"  {line}")
         outcome.details.append(line)
+    outcome.details.append(
+        "Ray's daemons are killed at shutdown without the driver reaping them all, so the CPU "
+        "split for this step may count part of Ray's own time as other work"
+    )
     return outcome, result
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from benchmarks.common import (
     BENCH_DIR,
     BenchTimeout,
+    CpuMeter,
     Figure,
     Machine,
     Outcome,
@@ -184,6 +185,7 @@ def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
     def attempt(name: str, body: object) -> Outcome | None:
         log(f"== {name}")
         started = time.perf_counter()
+        meter = CpuMeter()
         try:
             with time_limit(sizes.limit_s + 120, name):
                 outcome = body()  # type: ignore[operator]
@@ -193,6 +195,8 @@ def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
                 traceback.print_exc()
             outcome = Outcome(name, skipped=f"failed: {type(error).__name__}: {error}")
         outcome.seconds = time.perf_counter() - started
+        outcome.cpu = meter.read()
+        log(f"  {outcome.seconds:.1f} s; {outcome.cpu}")
         outcomes.append(outcome)
         return outcome
 
@@ -274,6 +278,10 @@ def table_text(outcomes: list[Outcome]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    for outcome in outcomes:
+        if outcome.cpu:
+            lines.append(f"{outcome.name}: {outcome.seconds:.0f} s; {outcome.cpu}")
     for outcome in outcomes:
         if outcome.skipped:
             lines.append(f"{outcome.name}: {outcome.skipped}")
@@ -287,6 +295,13 @@ def table_markdown(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def run_kind(args: argparse.Namespace) -> str:
+    kind = "quick run" if args.quick else "full run"
+    if len(args.chosen) < len(BENCHMARKS):
+        kind += f" of {', '.join(args.chosen)} only"
+    return kind
+
+
 def results_section(
     outcomes: list[Outcome],
     args: argparse.Namespace,
@@ -296,7 +311,7 @@ def results_section(
     started_at: datetime.datetime,
     total_s: float,
 ) -> str:
-    kind = "quick run" if args.quick else "full run"
+    kind = run_kind(args)
     sizes: Sizes = args.sizes
     lines = [
         f"## {started_at:%Y-%m-%d %H:%M} UTC, {kind}",
@@ -311,7 +326,8 @@ def results_section(
         table_markdown(outcomes),
         "",
     ]
-    notes = [f"- {o.name}: {detail}" for o in outcomes for detail in o.details]
+    notes = [f"- {o.name}: {o.seconds:.0f} s; {o.cpu}" for o in outcomes if o.cpu]
+    notes += [f"- {o.name}: {detail}" for o in outcomes for detail in o.details]
     notes += [f"- {o.name}: {o.skipped}" for o in outcomes if o.skipped]
     if notes:
         lines += ["Details:", "", *notes, ""]
@@ -348,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - started
     load_after = load_average()
     print()
-    print(f"ember benchmarks, {'quick run' if args.quick else 'full run'} ({total_s:.0f} s)")
+    print(f"ember benchmarks, {run_kind(args)} ({total_s:.0f} s)")
     print(f"machine: {machine.describe()}")
     print(f"load average before: {load_before}; after: {load_after}")
     print()

@@ -182,7 +182,12 @@ class EmberService(api_pb2_grpc.EmberServicer):
         self._plane.dispatcher.enqueue(queued)
         outputs = []
         if request.wait_s > 0:
-            outputs = await self._plane.dispatcher.wait_outputs(request.call_id, 0, request.wait_s)
+            outputs = await self._plane.dispatcher.wait_outputs(
+                request.call_id,
+                0,
+                request.wait_s,
+                known_empty=bool(queued) and len(queued) == len(request.inputs),
+            )
         return api_pb2.FunctionCallResponse(outputs=output_messages(outputs))
 
     @translate_errors

@@ -317,16 +317,28 @@ class Dispatcher:
     # ---- outputs out
 
     async def wait_outputs(
-        self, call_id: str, after_seq: int, wait_s: float, limit: int = 1000
+        self,
+        call_id: str,
+        after_seq: int,
+        wait_s: float,
+        limit: int = 1000,
+        *,
+        known_empty: bool = False,
     ) -> list[StoredOutput]:
-        """Outputs of a call after `after_seq`, waiting up to `wait_s` for the first."""
+        """Outputs of a call after `after_seq`, waiting up to `wait_s` for the first.
+
+        `known_empty` skips the first look: the caller has just made the call's inputs, so no
+        output can exist yet (one query less on every `.remote()`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             waiter: asyncio.Future[None] = loop.create_future()
             self._output_waiters[call_id].append(waiter)
             try:
-                outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
+                outputs = []
+                if not known_empty:
+                    outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
+                known_empty = False
                 remaining = deadline - loop.time()
                 if outputs or remaining <= 0:
                     return outputs
