@@ -21,10 +21,6 @@ class BenchTimeout(Exception):
     """A benchmark ran past its time limit."""
 
 
-class Skipped(Exception):
-    """A benchmark could not run here (its reason is the message)."""
-
-
 @dataclass
 class Figure:
     """One measured number, with the baseline measured beside it in the same run."""
@@ -142,6 +138,21 @@ def _command_line(command: list[str]) -> str:
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
 
+def _revision() -> str:
+    """The checked-out commit, and whether src/ differs from it (read-only git commands)."""
+    root = str(BENCH_DIR.parent)
+    revision = _command_line(["git", "-C", root, "rev-parse", "--short", "HEAD"])
+    if not revision:
+        return "unknown"
+    try:
+        clean = subprocess.run(
+            ["git", "-C", root, "diff", "--quiet", "HEAD", "--", "src"], timeout=10
+        ).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return revision
+    return revision if clean == 0 else f"{revision} plus uncommitted changes in src/"
+
+
 @dataclass(frozen=True)
 class Machine:
     cpu: str
@@ -161,8 +172,7 @@ class Machine:
             kernel=f"{platform.system()} {platform.release()}",
             python=platform.python_version(),
             runc=_command_line(["runc", "--version"]) or "runc not found",
-            revision=_command_line(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"])
-            or "unknown",
+            revision=_revision(),
         )
 
     def describe(self) -> str:

@@ -32,7 +32,7 @@ def available() -> str:
 
 
 def run(calls: int, warmup: int, tasks: int, limit_s: float) -> tuple[Outcome, dict[str, float]]:
-    """Run the Ray baseline in a child process; raises Skipped-worthy RuntimeError on failure."""
+    """Run the Ray baseline in a child process; RuntimeError if Ray could not run."""
     outcome = Outcome("Ray baseline")
     command = [
         sys.executable,

@@ -91,3 +91,9 @@ def test_import_failure_inside_the_container(cluster: Any, tmp_path: Any) -> Non
     result = ember_cli("run", f"{app_file}::f")
     assert result.returncode == 1
     assert "No module named 'package_that_is_not_in_the_image'" in result.stderr
+
+
+def test_a_function_no_worker_can_hold_fails_with_the_reason(load_app: Any) -> None:
+    limits = load_app("limits")
+    with limits.app.run(), pytest.raises(ember.ExecutionError, match="more than any worker has"):
+        limits.too_big.remote()

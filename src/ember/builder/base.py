@@ -1,6 +1,7 @@
 """The ember base image: a Debian root file system with Python and the harness's requirements.
 
-`Image.debian_slim(python_version)` starts from this tree. It is built once per machine with
+Every container runs on this tree for now (images defined in code will build on it). It is built
+once per machine with
 debootstrap into `image_dir()/base-<key>/rootfs` and reused afterwards. The key changes
 whenever its contents would (suite, packages, cloudpickle version, BASE_FORMAT), so an upgrade of
 any of them builds a fresh image beside the old one instead of patching it.

@@ -39,7 +39,7 @@ def server(
     """Run the control plane."""
     from ember.control.server import serve
 
-    _serve_until_signalled(serve(data_dir or config.data_dir() / "cluster", address))
+    _serve_until_signalled(serve(data_dir or config.data_dir(), address))
 
 
 def worker(

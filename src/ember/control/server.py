@@ -23,7 +23,7 @@ from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
 from ember.control.scheduler.scheduler import Scheduler
 from ember.control.store import Store, sqlite_url
-from ember.proto import api_pb2_grpc
+from ember.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class ControlPlane:
         now = self.clock.now()
         live_apps = await self.store.apps.list(include_stopped=False)
         self.cluster.live_apps = {app.app_id for app in live_apps}
+        # Clients could not heartbeat while we were down: their apps get a fresh window too.
+        await self.store.apps.heartbeat(
+            [app.app_id for app in live_apps if app.state == api_pb2.APP_STATE_EPHEMERAL], now
+        )
         for function in await self.store.apps.functions_of(list(self.cluster.live_apps)):
             self.cluster.functions[function.function_id] = FunctionInfo(
                 function.function_id, function.app_id, function.definition

@@ -123,9 +123,8 @@ class _RunningApp:
 class App:
     """A group of functions. Give it a name to deploy it; `ember run` also names it by its file."""
 
-    def __init__(self, name: str | None = None, *, image: Any = None) -> None:
+    def __init__(self, name: str | None = None) -> None:
         self.name = name
-        self.image = image
         self._functions: dict[str, Function] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._running: _RunningApp | None = None
@@ -156,7 +155,6 @@ class App:
         max_containers: int | None = None,
         scaledown_window: float = 60,
         name: str | None = None,
-        image: Any = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Register a function to run in containers.
 

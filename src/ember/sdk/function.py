@@ -238,6 +238,7 @@ class Function:
         """Run the function in a container and return its result (or raise its exception)."""
         from ember.proto import api_pb2
 
+        await self._resolve()  # a function found by name learns here whether it is a generator
         self._no_generator("remote")
         conn, call_id, outputs = await self._submit(
             api_pb2.CALL_KIND_REMOTE, args, kwargs, wait_s=GET_POLL_S
@@ -249,6 +250,7 @@ class Function:
         """Start the function in a container and return at once; `.get()` waits for the result."""
         from ember.proto import api_pb2
 
+        await self._resolve()
         self._no_generator("spawn")
         _, call_id, _ = await self._submit(api_pb2.CALL_KIND_SPAWN, args, kwargs, wait_s=0)
         return FunctionCall(call_id)
@@ -298,8 +300,8 @@ class Function:
         """
         from ember.sdk._map import map_outputs
 
-        self._no_generator("map")
         conn, function_id = await self._resolve()
+        self._no_generator("map")
         arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
         async for value in map_outputs(
             conn,
@@ -321,8 +323,8 @@ class Function:
         """Like `map`, but each item of `input_iterator` is a tuple of arguments."""
         from ember.sdk._map import map_outputs
 
-        self._no_generator("starmap")
         conn, function_id = await self._resolve()
+        self._no_generator("starmap")
         arguments = ((tuple(args), kwargs or {}) for args in input_iterator)
         async for value in map_outputs(
             conn,
@@ -343,8 +345,8 @@ class Function:
         """Run the function over the iterables for its effects, discarding the results."""
         from ember.sdk._map import map_outputs
 
-        self._no_generator("for_each")
         conn, function_id = await self._resolve()
+        self._no_generator("for_each")
         arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
         async for _ in map_outputs(
             conn,

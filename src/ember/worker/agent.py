@@ -58,7 +58,7 @@ class Worker:
         self._server = server
         self._resources = resources
         self._runtime = runtime or RuncRuntime(self._dir / "runtime")
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
         self._image_root: Path | None = None
         self._ember_package = ember_package_dir()
@@ -136,13 +136,12 @@ class Worker:
                 socket_root=self._dir / "sockets",
                 ember_package=self._ember_package,
             )
-            running = asyncio.create_task(task.run(), name=spec.container_id)
-            self._tasks[spec.container_id] = running
-            running.add_done_callback(lambda _: self._tasks.pop(spec.container_id, None))
+            self._containers[spec.container_id] = task
+            task.start().add_done_callback(lambda _: self._containers.pop(spec.container_id, None))
         else:
-            running = self._tasks.get(order.stop_container_id)
-            if running is not None:
-                running.cancel()
+            stopping = self._containers.get(order.stop_container_id)
+            if stopping is not None:
+                stopping.stop()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -151,7 +150,7 @@ class Worker:
                 await self._conn.call(
                     self._conn.workers.WorkerHeartbeat,
                     api_pb2.WorkerHeartbeatRequest(
-                        worker_id=self._worker_id, container_ids=list(self._tasks)
+                        worker_id=self._worker_id, container_ids=list(self._containers)
                     ),
                 )
             except errors.NotFoundError:
@@ -160,8 +159,9 @@ class Worker:
                 log.warning("heartbeat failed: %s", error)
 
     async def stop_all(self) -> None:
-        """Stop every container (each reports its exit and removes what it made)."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop every container (each reports its exit and removes what it made); their running
+        inputs run again elsewhere."""
+        containers = list(self._containers.values())
+        for container in containers:
+            container.stop(worker_stopping=True)
+        await asyncio.gather(*(c.task for c in containers if c.task), return_exceptions=True)

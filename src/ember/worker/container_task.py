@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
 EXCHANGE_WAIT_S = 30.0
-PREFETCH = 16  # inputs a container may hold at once; the control plane shares a backlog fairly
+PREFETCH = 16  # inputs a container of a fast function may hold at once (the control plane
+# shares a backlog fairly); a slow function's container takes one at a time
+FAST_INPUT_S = 0.01
+REPORT_AFTER_S = 0.05  # a result older than this is reported before the next input runs
 SOURCE_DIR = "/app"
 SOCKET_DIR = "/run/ember"
 
@@ -67,6 +70,9 @@ class ContainerTask:
         self._results: list[api_pb2.InputResult] = []  # finished, not yet reported
         self._exit_status: asyncio.Task[ExitStatus] | None = None
         self._ready = False  # the harness has imported the function
+        self._fast = True  # its last input took under FAST_INPUT_S
+        self._stopped_as = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
+        self.task: asyncio.Task[None] | None = None
 
     @property
     def container_id(self) -> str:
@@ -74,13 +80,27 @@ class ContainerTask:
 
     # ---- the whole life
 
-    async def run(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        self.task = asyncio.create_task(self._life(), name=self.container_id)
+        return self.task
+
+    def stop(self, *, worker_stopping: bool = False) -> None:
+        """Stop the container. Its running input is cancelled when the control plane ordered the
+        stop; when the worker itself is stopping, it failed an attempt and runs again elsewhere."""
+        if worker_stopping:
+            self._stopped_as = Exit(
+                api_pb2.RESULT_STATUS_CONTAINER_DIED, "the worker running the container stopped"
+            )
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _life(self) -> None:
         link = HarnessLink()
         outcome = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, "the container stopped")
         try:
             outcome = await self._run(link)
         except asyncio.CancelledError:
-            outcome = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
+            outcome = self._stopped_as
             raise
         except Exception as error:
             log.exception("container %s failed", self.container_id)
@@ -135,6 +155,11 @@ class ContainerTask:
         hello = await self._until_exit(self._hello(link), STARTUP_TIMEOUT_S)
         if isinstance(hello, Exit):
             return hello
+        if hello is None:
+            return Exit(
+                api_pb2.RESULT_STATUS_INIT_FAILURE,
+                f"the container did not become ready within {STARTUP_TIMEOUT_S:g} s",
+            )
         if hello[0] == "init_failure":
             _, text, traceback = hello
             return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, f"{traceback.rstrip()}\n{text}".strip())
@@ -212,16 +237,23 @@ class ContainerTask:
     # ---- serving inputs
 
     async def _serve(self, link: HarnessLink) -> Exit:
+        loop = asyncio.get_running_loop()
         while True:
-            response = await self._exchange(want=PREFETCH, wait_s=EXCHANGE_WAIT_S)
+            want = PREFETCH if self._fast else 1
+            response = await self._exchange(want=want, wait_s=EXCHANGE_WAIT_S)
             if response.stop:
                 return Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
             for item in response.inputs:
                 self._running = item.input_id
+                started = loop.time()
                 outcome = await self._run_input(link, item)
                 if outcome is not None:
                     return outcome
                 self._running = None
+                took = loop.time() - started
+                self._fast = took < FAST_INPUT_S
+                if took >= REPORT_AFTER_S and item is not response.inputs[-1]:
+                    await self._exchange(want=0, wait_s=0)  # its caller need not wait for the rest
 
     async def _exchange(self, want: int, wait_s: float) -> api_pb2.ContainerExchangeResponse:
         """Report finished results and ask for up to `want` more inputs."""

@@ -48,3 +48,8 @@ def raise_until(deadline: float) -> str:
 def slow_square(x: int) -> int:
     time.sleep(3)
     return x * x
+
+
+@app.function(memory=10_000_000)
+def too_big() -> None:
+    pass

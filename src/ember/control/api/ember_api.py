@@ -95,7 +95,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
     async def AppHeartbeat(
         self, request: api_pb2.AppHeartbeatRequest, context: Context
     ) -> api_pb2.AppHeartbeatResponse:
-        await self._plane.store.apps.heartbeat(request.app_id, self._plane.clock.now())
+        await self._plane.store.apps.heartbeat([request.app_id], self._plane.clock.now())
         return api_pb2.AppHeartbeatResponse()
 
     @translate_errors

@@ -41,6 +41,7 @@ class Lease:
     function_id: str
     container_id: str
     attempts: int
+    next_gen_index: int = 0  # a generator's items recorded so far
 
 
 class Dispatcher:
@@ -135,6 +136,10 @@ class Dispatcher:
         self, function_id: str, container_id: str, want: int, wait_s: float
     ) -> list[LeasedInput]:
         """Lease up to `want` inputs to a container, waiting up to `wait_s` for one."""
+        if want > 0 and self._held.get(container_id):
+            # A container asks only once it has finished what it held: inputs it still holds
+            # were leased to it but never reached it (the reply was lost). Send them again.
+            return await self._store.calls.leased(container_ids=[container_id])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -196,6 +201,7 @@ class Dispatcher:
                         item.input_id, item.gen_index, item.result.SerializeToString(), False
                     )
                 )
+                lease.next_gen_index = max(lease.next_gen_index, item.gen_index + 1)
             elif status in RETRYABLE and not definition.is_generator:
                 failed.append((item.input_id, lease, item.result))
             else:
@@ -221,11 +227,15 @@ class Dispatcher:
         finals = []
         retry: dict[float, list[str]] = defaultdict(list)
         for input_id, lease, result in failed:
+            definition = self._definition(lease.function_id)
             delay = None
-            if result.status in RETRYABLE:
-                delay = retry_delay(self._definition(lease.function_id).retries, lease.attempts)
+            # A generator is never run again: its items already reached the caller.
+            if result.status in RETRYABLE and not definition.is_generator:
+                delay = retry_delay(definition.retries, lease.attempts)
             if delay is None:
-                finals.append(FinalResult(input_id, 0, result.SerializeToString(), True))
+                finals.append(
+                    FinalResult(input_id, lease.next_gen_index, result.SerializeToString(), True)
+                )
             else:
                 retry[now + delay].append(input_id)
         await self._finish(finals)

@@ -31,15 +31,22 @@ class Placement:
     worker_id: str | None
     rejections: Counter[str] = field(default_factory=Counter)
 
+    def never_fits(self, workers: int) -> bool:
+        """No worker could hold the request even when empty."""
+        return self.rejections[TOO_SMALL] == workers
+
     def explain(self, workers: int) -> str:
         """'0 of 2 workers fit: 2 short of memory'."""
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.rejections.items())
         return f"0 of {workers} workers fit" + (f": {reasons}" if reasons else "")
 
 
+TOO_SMALL = "too small for the request"
+
+
 def rejection(request: Request, worker: WorkerCapacity) -> str | None:
     if request.cpu > worker.total_cpu or request.memory_mb > worker.total_memory_mb:
-        return "too small for the request"
+        return TOO_SMALL
     if request.cpu > worker.free_cpu + 1e-9:
         return "short of CPU"
     if request.memory_mb > worker.free_memory_mb:

@@ -100,7 +100,22 @@ class Scheduler:
     async def _start(self, info: FunctionInfo) -> bool:
         resources = info.definition.resources
         request = Request(cpu=resources.cpu, memory_mb=int(resources.memory_mb))
-        placement = place(request, self._cluster.capacities())
+        capacities = self._cluster.capacities()
+        placement = place(request, capacities)
+        if placement.worker_id is None and capacities and placement.never_fits(len(capacities)):
+            largest = max(capacities, key=lambda w: (w.total_memory_mb, w.total_cpu))
+            await self._dispatcher.fail_queued(
+                info.function_id,
+                api_pb2.Result(
+                    status=api_pb2.RESULT_STATUS_INIT_FAILURE,
+                    exception_text=(
+                        f"function {info.definition.name!r} asks for {request.cpu:g} CPU and "
+                        f"{request.memory_mb} MiB, more than any worker has (the largest has "
+                        f"{largest.total_cpu:g} CPU and {largest.total_memory_mb} MiB)"
+                    ),
+                ),
+            )
+            return False
         if placement.worker_id is None:
             explanation = placement.explain(len(self._cluster.workers))
             if self._unplaceable.get(info.function_id) != explanation:

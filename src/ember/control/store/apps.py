@@ -147,7 +147,12 @@ class AppStore:
         app_id: str,
         definitions: Sequence[api_pb2.FunctionDefinition],
     ) -> dict[str, str]:
-        ids = {definition.name: new_id("fu") for definition in definitions}
+        f = schema.functions.c
+        rows = await conn.execute(sa.select(f.name, f.id).where(f.app_id == app_id))
+        existing = {name: function_id for name, function_id in rows}
+        # Publishing again (a client retrying a lost reply) adds only what is missing.
+        ids = {d.name: existing.get(d.name) or new_id("fu") for d in definitions}
+        definitions = [d for d in definitions if d.name not in existing]
         if definitions:
             await conn.execute(
                 schema.functions.insert(),
@@ -193,10 +198,12 @@ class AppStore:
             )
         return _app(row)
 
-    async def heartbeat(self, app_id: str, now: float) -> None:
+    async def heartbeat(self, app_ids: Sequence[str], now: float) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                schema.apps.update().where(schema.apps.c.id == app_id).values(last_heartbeat_at=now)
+                schema.apps.update()
+                .where(schema.apps.c.id.in_(app_ids))
+                .values(last_heartbeat_at=now)
             )
 
     async def stop(self, app_ids: Sequence[str], now: float) -> list[str]:

@@ -421,10 +421,10 @@ async def test_restore_rebuilds_the_queues_and_leases_from_the_store(
     assert (fresh.queued(function_id), fresh.running(function_id)) == (2, 1)
     [ready] = await fresh.take(function_id, "ta-3", want=2, wait_s=0)
     assert ready.input_id == waiting
-    assert await fresh.take(function_id, "ta-3", want=2, wait_s=0) == []
+    assert await fresh.take(function_id, "ta-4", want=2, wait_s=0) == []
     clock.advance(1.0)
     fresh.promote_delayed()
-    [again] = await fresh.take(function_id, "ta-3", want=2, wait_s=0)
+    [again] = await fresh.take(function_id, "ta-4", want=2, wait_s=0)
     assert (again.input_id, again.attempts) == (failed, 2)
 
 
@@ -448,3 +448,27 @@ async def test_an_exiting_container_cannot_requeue_another_containers_input(
     await dispatcher.container_exited("ta-2", api_pb2.RESULT_STATUS_CONTAINER_DIED, "", [])
     assert await dispatcher.take(function_id, "ta-3", want=1, wait_s=0) == []
     assert dispatcher.holds("ta-1") == {item}
+
+
+async def test_inputs_a_container_never_received_are_sent_again(
+    store, dispatcher, function_id
+) -> None:
+    """A lease whose reply was lost (the control plane restarted) is delivered on the next ask."""
+    [item] = await submit(store, dispatcher, function_id, 1)
+    [first] = await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
+    [again] = await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
+    assert first.input_id == again.input_id == item
+    assert again.attempts == 1
+
+
+async def test_a_generator_that_dies_after_yielding_fails_after_its_items(
+    store, dispatcher, add_function
+) -> None:
+    function_id = await add_function(is_generator=True, retries=RETRIES)
+    [item] = await submit(store, dispatcher, function_id, 1)
+    await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
+    await dispatcher.report("ta-1", [input_result(item, gen_index=0)])
+    died = api_pb2.RESULT_STATUS_CONTAINER_DIED
+    await dispatcher.container_exited("ta-1", died, "killed", [item])
+    assert await statuses(store) == [(0, SUCCESS), (0, died)]
+    assert dispatcher.queued(function_id) == 0  # not retried: its item was delivered

@@ -134,6 +134,16 @@ async def test_ephemeral_silent_since_finds_quiet_ephemeral_apps_only(store) -> 
     chatty = await store.apps.create("chatty", EPHEMERAL, 1.0)
     await store.apps.create("detached", DETACHED, 1.0)
     await store.apps.deploy("deployed", "", [], 1.0)
-    await store.apps.heartbeat(chatty, 50.0)
+    await store.apps.heartbeat([chatty], 50.0)
     assert await store.apps.ephemeral_silent_since(40.0) == [quiet]
     assert await store.apps.ephemeral_silent_since(1.0) == []
+
+
+async def test_publishing_again_adds_only_what_is_missing(store) -> None:
+    app_id = await store.apps.create("again", api_pb2.APP_STATE_EPHEMERAL, 1.0)
+    first = await store.apps.publish(app_id, "", [api_pb2.FunctionDefinition(name="f")])
+    second = await store.apps.publish(
+        app_id, "", [api_pb2.FunctionDefinition(name="f"), api_pb2.FunctionDefinition(name="g")]
+    )
+    assert second["f"] == first["f"]
+    assert set(second) == {"f", "g"}
