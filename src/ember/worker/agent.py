@@ -23,8 +23,9 @@ from ember.builder import ensure_base_image
 from ember.client import Connection
 from ember.container import RuncRuntime, Runtime
 from ember.proto import api_pb2
-from ember.worker.container_task import ContainerTask, ember_package_dir
+from ember.worker.container_task import ContainerTask
 from ember.worker.logs import LogShipper
+from ember.worker.package import compiled_package
 from ember.worker.sources import SourceCache
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ class Worker:
         self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
         self._image_root: Path | None = None
-        self._ember_package = ember_package_dir()
 
     @property
     def worker_id(self) -> str:
@@ -76,6 +76,7 @@ class Worker:
         if removed:
             log.info("removed %d containers left by a previous run", len(removed))
         self._image_root = await asyncio.to_thread(ensure_base_image)
+        self._ember_package = await asyncio.to_thread(compiled_package, self._dir / "package")
         await self._register()
         try:
             async with asyncio.TaskGroup() as group:
@@ -164,4 +165,4 @@ class Worker:
         containers = list(self._containers.values())
         for container in containers:
             container.stop(worker_stopping=True)
-        await asyncio.gather(*(c.task for c in containers if c.task), return_exceptions=True)
+        await asyncio.gather(*(c.stopped() for c in containers))

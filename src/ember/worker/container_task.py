@@ -73,6 +73,7 @@ class ContainerTask:
         self._fast = True  # its last input took under FAST_INPUT_S
         self._stopped_as = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
         self.task: asyncio.Task[None] | None = None
+        self._finishing: asyncio.Future[None] | None = None
 
     @property
     def container_id(self) -> str:
@@ -112,7 +113,17 @@ class ContainerTask:
             )
             outcome = Exit(reason, f"the container failed on its host: {error}")
         finally:
-            await asyncio.shield(self._finish(link, outcome))
+            # Shielded: a second cancellation (the worker stopping) must not cut the clean-up
+            # short; `stopped()` waits for it.
+            self._finishing = asyncio.ensure_future(self._finish(link, outcome))
+            await asyncio.shield(self._finishing)
+
+    async def stopped(self) -> None:
+        """Wait until the container is removed and its exit reported."""
+        if self.task is not None:
+            await asyncio.wait([self.task])
+        if self._finishing is not None:
+            await asyncio.wait([self._finishing])
 
     async def _finish(self, link: HarnessLink, outcome: Exit) -> None:
         await self._runtime.kill(self.container_id)
@@ -300,8 +311,3 @@ class ContainerTask:
                 continue
             self._results.append(result)
             return None
-
-
-def ember_package_dir() -> Path:
-    """The `ember` package this worker runs, mounted read-only into containers for the harness."""
-    return Path(__file__).resolve().parents[1]

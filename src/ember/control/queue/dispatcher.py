@@ -64,7 +64,11 @@ class Dispatcher:
         self._held: dict[str, set[str]] = defaultdict(set)  # container -> inputs it holds
         self._idle_since: dict[str, float] = {}
         self._input_waiters: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
-        self._output_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        # Callers waiting for a call's outputs; each is handed the outputs stored after it began
+        # waiting, so a wait costs no query once it has started.
+        self._output_waiters: dict[str, list[asyncio.Future[list[StoredOutput]]]] = defaultdict(
+            list
+        )
         self.on_work: Callable[[str], None] = lambda _function_id: None
 
     # ---- state for the autoscaler
@@ -214,12 +218,12 @@ class Dispatcher:
         await self._fail(failed)
 
     async def _finish(self, finals: Sequence[FinalResult]) -> None:
-        calls = await self._store.calls.record_results(finals)
+        stored = await self._store.calls.record_results(finals)
         for item in finals:
             if item.finishes_input:
                 self._drop_lease(item.input_id)
-        for call_id in calls:
-            self._wake_outputs(call_id)
+        for call_id, outputs in stored.items():
+            self._wake_outputs(call_id, outputs)
 
     async def _fail(self, failed: Sequence[tuple[str, Lease, api_pb2.Result]]) -> None:
         """Failed attempts: run again after the backoff while retries last, else final."""
@@ -337,33 +341,30 @@ class Dispatcher:
     ) -> list[StoredOutput]:
         """Outputs of a call after `after_seq`, waiting up to `wait_s` for the first.
 
-        `known_empty` skips the first look: the caller has just made the call's inputs, so no
-        output can exist yet (one query less on every `.remote()`)."""
+        The store is read once, before waiting; outputs stored after that reach the waiter from
+        memory. `known_empty` skips even that read: the caller has just made the call's inputs,
+        so no output can exist yet (no query at all on a `.remote()`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while True:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._output_waiters[call_id].append(waiter)
-            try:
-                outputs = []
-                if not known_empty:
-                    outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
-                known_empty = False
-                remaining = deadline - loop.time()
-                if outputs or remaining <= 0:
+        waiter: asyncio.Future[list[StoredOutput]] = loop.create_future()
+        self._output_waiters[call_id].append(waiter)  # first, so nothing stored slips past
+        try:
+            if not known_empty:
+                outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
+                if outputs or wait_s <= 0:
                     return outputs
-                try:
-                    await asyncio.wait_for(waiter, remaining)
-                except TimeoutError:
-                    return []
-            finally:
-                waiters = self._output_waiters.get(call_id)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._output_waiters[call_id]
+            try:
+                delivered = await asyncio.wait_for(waiter, wait_s)
+            except TimeoutError:
+                return []
+            return [o for o in delivered if o.seq > after_seq][:limit]
+        finally:
+            waiters = self._output_waiters.get(call_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._output_waiters[call_id]
 
-    def _wake_outputs(self, call_id: str) -> None:
+    def _wake_outputs(self, call_id: str, outputs: list[StoredOutput]) -> None:
         for waiter in self._output_waiters.pop(call_id, []):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(outputs)

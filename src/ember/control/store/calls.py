@@ -236,10 +236,11 @@ class CallStore:
                 .values(lease_expires_at=lease_expires_at)
             )
 
-    async def record_results(self, results: Sequence[FinalResult]) -> set[str]:
-        """Store outputs and finish their inputs; returns the calls that gained outputs."""
+    async def record_results(self, results: Sequence[FinalResult]) -> dict[str, list[StoredOutput]]:
+        """Store outputs and finish their inputs; returns the outputs stored now (a result
+        reported before is not among them), by call."""
         if not results:
-            return set()
+            return {}
         rows = []
         for item in results:
             call_id, idx = parse_input_id(item.input_id)
@@ -254,15 +255,25 @@ class CallStore:
             )
         finished = [item.input_id for item in results if item.finishes_input]
         i = schema.inputs.c
+        o = schema.outputs.c
         async with self._engine.begin() as conn:
-            await conn.execute(insert_ignore(conn, schema.outputs), rows)
+            stored = await conn.execute(
+                insert_ignore(conn, schema.outputs).returning(
+                    o.seq, o.call_id, o.idx, o.gen_index, o.result, sort_by_parameter_order=True
+                ),
+                rows,
+            )
+            stored_rows = stored.all()  # read before the commit
             if finished:
                 await conn.execute(
                     schema.inputs.update()
                     .where(i.id.in_(finished))
                     .values(state=schema.DONE, args=None, lease_expires_at=None)
                 )
-        return {row["call_id"] for row in rows}
+        by_call: dict[str, list[StoredOutput]] = {}
+        for seq, call_id, idx, gen_index, result in stored_rows:
+            by_call.setdefault(call_id, []).append(StoredOutput(seq, idx, gen_index, result))
+        return by_call
 
     async def requeue(
         self, input_ids: Iterable[str], available_at: float, undo_attempt: bool

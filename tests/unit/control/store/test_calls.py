@@ -126,9 +126,9 @@ async def test_lease_skips_inputs_that_are_not_queued(store, function_id) -> Non
 async def test_record_results_stores_the_output_and_finishes_the_input(store, function_id) -> None:
     await store.calls.create_call(CALL, function_id, REMOTE, new_inputs(0), True, 1.0)
     await store.calls.lease([input_id(CALL, 0)], "ta-1", 31.0)
-    calls = await store.calls.record_results([FinalResult(input_id(CALL, 0), 0, result(), True)])
-    assert calls == {CALL}
+    stored = await store.calls.record_results([FinalResult(input_id(CALL, 0), 0, result(), True)])
     [output] = await store.calls.outputs_after(CALL, 0, 10)
+    assert stored == {CALL: [output]}
     assert (output.idx, output.gen_index, output.result) == (0, 0, result())
     assert await states(store) == {0: schema.DONE}
     assert await store.calls.leased() == []
@@ -138,7 +138,7 @@ async def test_record_results_twice_stores_one_output(store, function_id) -> Non
     await store.calls.create_call(CALL, function_id, REMOTE, new_inputs(0), True, 1.0)
     final = FinalResult(input_id(CALL, 0), 0, result(), True)
     await store.calls.record_results([final])
-    await store.calls.record_results([final])
+    assert await store.calls.record_results([final]) == {}  # nothing new to hand to waiters
     assert len(await store.calls.outputs_after(CALL, 0, 10)) == 1
 
 
