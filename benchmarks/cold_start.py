@@ -53,7 +53,7 @@ def run(samples: int, limit_s: float, state_dir: Path, new_app: bool) -> Outcome
     floor = _floor(samples, state_dir, FLOOR_ARGS, ())
     log(f"  runc floor (python3 -c pass): {summary_ms(floor)}")
     outcome.details.append(f"runc run floor, `python3 -c pass`: {summary_ms(floor)}")
-    imports = _floor(samples, state_dir, IMPORTS_ARGS, _harness_mounts())
+    imports = _floor(samples, state_dir, IMPORTS_ARGS, _harness_mounts(state_dir))
     log(f"  runc run + the harness's imports: {summary_ms(imports)}")
     outcome.details.append(
         f"runc run of the harness's imports (ember, cloudpickle, the app module) with the "
@@ -141,13 +141,14 @@ def _new_app(
     return to_user, to_result
 
 
-def _harness_mounts() -> tuple[object, ...]:
+def _harness_mounts(state_dir: Path) -> tuple[object, ...]:
+    """The mounts a worker gives a container: the app's source and the compiled ember package."""
     from ember.container import BindMount
-    from ember.worker.container_task import ember_package_dir
+    from ember.worker.package import compiled_package
 
     return (
         BindMount(APPS_DIR, "/app", readonly=True),
-        BindMount(ember_package_dir(), "/opt/ember/ember", readonly=True),
+        BindMount(compiled_package(state_dir / "package"), "/opt/ember/ember", readonly=True),
     )
 
 

@@ -15,6 +15,7 @@ reported twice (a worker retrying after the control plane restarted) is stored o
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import sqlalchemy as sa
 
 from ember import errors
 from ember.control.store import schema
-from ember.control.store.dialect import insert_ignore
+from ember.control.store.dialect import insert_ignore, insert_ignore_for
 from ember.control.store.engine import Engine
 
 CALL_ID = re.compile(r"^fc-[0-9a-f]{16,32}$")
@@ -108,6 +109,50 @@ def _input_rows(
     ]
 
 
+# The statements on every call's path, made once: run with parameters, SQLAlchemy reuses their
+# compiled form (building a statement per call cost more than running it).
+_i = schema.inputs.c
+_o = schema.outputs.c
+_LEASE = (
+    schema.inputs.update()
+    .where(_i.id.in_(sa.bindparam("ids", expanding=True)), _i.state == schema.QUEUED)
+    .values(
+        state=schema.LEASED,
+        container_id=sa.bindparam("to_container"),
+        lease_expires_at=sa.bindparam("expires_at"),
+        attempts=_i.attempts + 1,
+    )
+    .returning(_i.id, _i.function_id, _i.idx, _i.args, _i.args_blob_id, _i.attempts)
+)
+_FINISH = (
+    schema.inputs.update()
+    .where(_i.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(state=schema.DONE, args=None, lease_expires_at=None)
+)
+_OUTPUTS_AFTER = (
+    sa.select(_o.seq, _o.idx, _o.gen_index, _o.result)
+    .where(_o.call_id == sa.bindparam("call_id"), _o.seq > sa.bindparam("after_seq"))
+    .order_by(_o.seq)
+    .limit(sa.bindparam("limit"))
+)
+_RENEW = (
+    schema.inputs.update()
+    .where(
+        _i.container_id.in_(sa.bindparam("containers", expanding=True)),
+        _i.state == schema.LEASED,
+    )
+    .values(lease_expires_at=sa.bindparam("expires_at"))
+)
+
+
+@functools.cache
+def _store_outputs(dialect_name: str) -> sa.Insert:
+    """Insert outputs, skipping any stored before, returning those stored now."""
+    return insert_ignore_for(dialect_name, schema.outputs).returning(
+        _o.seq, _o.call_id, _o.idx, _o.gen_index, _o.result, sort_by_parameter_order=True
+    )
+
+
 class CallStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -129,14 +174,16 @@ class CallStore:
             raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
-                insert_ignore(conn, schema.calls).values(
-                    id=call_id,
-                    function_id=function_id,
-                    kind=kind,
-                    created_at=now,
-                    num_inputs=len(new_inputs),
-                    inputs_complete=complete,
-                )
+                insert_ignore(conn, schema.calls),
+                {
+                    "id": call_id,
+                    "function_id": function_id,
+                    "kind": kind,
+                    "created_at": now,
+                    "num_inputs": len(new_inputs),
+                    "inputs_complete": complete,
+                    "cancelled": False,
+                },
             )
             if inserted.rowcount == 1:
                 rows = _input_rows(call_id, function_id, new_inputs, now)
@@ -194,13 +241,9 @@ class CallStore:
         )
 
     async def outputs_after(self, call_id: str, after_seq: int, limit: int) -> list[StoredOutput]:
-        o = schema.outputs.c
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(o.seq, o.idx, o.gen_index, o.result)
-                .where(o.call_id == call_id, o.seq > after_seq)
-                .order_by(o.seq)
-                .limit(limit)
+                _OUTPUTS_AFTER, {"call_id": call_id, "after_seq": after_seq, "limit": limit}
             )
             return [StoredOutput(*row) for row in rows]
 
@@ -208,18 +251,14 @@ class CallStore:
         self, input_ids: Sequence[str], container_id: str, lease_expires_at: float
     ) -> list[LeasedInput]:
         """Lease the given queued inputs to a container; inputs no longer queued are skipped."""
-        i = schema.inputs.c
         async with self._engine.begin() as conn:
             rows = await conn.execute(
-                schema.inputs.update()
-                .where(i.id.in_(input_ids), i.state == schema.QUEUED)
-                .values(
-                    state=schema.LEASED,
-                    container_id=container_id,
-                    lease_expires_at=lease_expires_at,
-                    attempts=i.attempts + 1,
-                )
-                .returning(i.id, i.function_id, i.idx, i.args, i.args_blob_id, i.attempts)
+                _LEASE,
+                {
+                    "ids": list(input_ids),
+                    "to_container": container_id,
+                    "expires_at": lease_expires_at,
+                },
             )
             leased = {row.id: LeasedInput(*row) for row in rows}
         # Hand them out in the order asked for (the queue's order).
@@ -228,12 +267,9 @@ class CallStore:
     async def renew_leases(self, container_ids: Sequence[str], lease_expires_at: float) -> None:
         if not container_ids:
             return
-        i = schema.inputs.c
         async with self._engine.begin() as conn:
             await conn.execute(
-                schema.inputs.update()
-                .where(i.container_id.in_(container_ids), i.state == schema.LEASED)
-                .values(lease_expires_at=lease_expires_at)
+                _RENEW, {"containers": list(container_ids), "expires_at": lease_expires_at}
             )
 
     async def record_results(self, results: Sequence[FinalResult]) -> dict[str, list[StoredOutput]]:
@@ -254,22 +290,11 @@ class CallStore:
                 }
             )
         finished = [item.input_id for item in results if item.finishes_input]
-        i = schema.inputs.c
-        o = schema.outputs.c
         async with self._engine.begin() as conn:
-            stored = await conn.execute(
-                insert_ignore(conn, schema.outputs).returning(
-                    o.seq, o.call_id, o.idx, o.gen_index, o.result, sort_by_parameter_order=True
-                ),
-                rows,
-            )
+            stored = await conn.execute(_store_outputs(conn.dialect.name), rows)
             stored_rows = stored.all()  # read before the commit
             if finished:
-                await conn.execute(
-                    schema.inputs.update()
-                    .where(i.id.in_(finished))
-                    .values(state=schema.DONE, args=None, lease_expires_at=None)
-                )
+                await conn.execute(_FINISH, {"ids": finished})
         by_call: dict[str, list[StoredOutput]] = {}
         for seq, call_id, idx, gen_index, result in stored_rows:
             by_call.setdefault(call_id, []).append(StoredOutput(seq, idx, gen_index, result))

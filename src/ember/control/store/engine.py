@@ -49,30 +49,33 @@ def sqlite_url(path: Path) -> str:
 
 class _InlineConnection:
     def __init__(self, connection: sa.Connection) -> None:
-        self._connection = connection
+        self.connection = connection
         self.dialect = connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
-        return self._connection.execute(statement, parameters)
+        return self.connection.execute(statement, parameters)
 
 
 class InlineEngine:
-    """A synchronous SQLite engine behind the async interface the store uses."""
+    """A synchronous SQLite engine behind the async interface the store uses.
+
+    It holds one connection: statements run inline and never interleave, and a checkout from a
+    pool per transaction cost as much as the statements themselves."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
+        self._connection = _InlineConnection(engine.connect())
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[_InlineConnection]:
-        with self._engine.begin() as connection:
-            yield _InlineConnection(connection)
+        with self._connection.connection.begin():
+            yield self._connection
 
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[_InlineConnection]:
-        with self._engine.connect() as connection:
-            yield _InlineConnection(connection)
+    def connect(self) -> Any:
+        return self.begin()  # a read is a short transaction too: it releases its snapshot
 
     async def dispose(self) -> None:
+        self._connection.connection.close()
         self._engine.dispose()
 
 
