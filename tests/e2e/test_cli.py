@@ -132,3 +132,18 @@ def test_cluster_status_shows_the_worker(cluster: Any) -> None:
     result = ember_cli("cluster", "status")
     assert result.returncode == 0, result.stderr
     assert "wk-" in result.stdout
+
+
+def test_a_plain_script_runs_its_app_with_output(cluster: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, str(APPS / "script.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "result 16" in result.stdout.splitlines()
+    assert "squaring 4 in a container" in result.stdout  # the container's log, shown here
+    assert "running: square" in result.stderr  # progress
+    assert "stopped" in result.stderr

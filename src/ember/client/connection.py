@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -50,12 +51,19 @@ class Connection:
         self, method: Any, request: Any, *, timeout: float | None = None, retry: bool = True
     ) -> Any:
         """`await conn.call(conn.ember.AppCreate, request)`, mapped errors, reconnecting."""
+        return await self.reconnecting(lambda: method(request, timeout=timeout), retry=retry)
+
+    async def reconnecting(
+        self, attempt: Callable[[], Awaitable[Response]], *, retry: bool = True
+    ) -> Response:
+        """Await `attempt()`, again while the control plane is unreachable (the attempt must be
+        safe to repeat); a gRPC error becomes the matching ember error."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + RECONNECT_S
         delay = 0.05
         while True:
             try:
-                return await method(request, timeout=timeout)
+                return await attempt()
             except grpc.aio.AioRpcError as error:
                 unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
                 if not (retry and unavailable) or loop.time() > give_up_at:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from functools import partial
 from typing import Any
 
 from ember.client import Connection
@@ -38,8 +37,8 @@ class _Feeder:
         self.arguments = arguments
         self.sent = 0
         self.total: int | None = None  # known once the iterables are exhausted
-        self.done = 0
-        self.room = asyncio.Condition()
+        self.handed_out = 0  # results the caller has received
+        self.room = asyncio.Event()  # set when a result handed out makes room for an input
 
     async def run(self) -> None:
         created = False
@@ -47,8 +46,9 @@ class _Feeder:
         size = 0
         iterator = iter(self.arguments)
         while True:
-            async with self.room:
-                await self.room.wait_for(partial(self._has_room, len(batch)))
+            while self.sent + len(batch) - self.handed_out >= MAX_PENDING:
+                self.room.clear()
+                await self.room.wait()
             item = next(iterator, None)
             if item is not None:
                 payload = await encode_args(self.conn, *item)
@@ -80,17 +80,13 @@ class _Feeder:
             batch, size = [], 0
             if complete:
                 self.total = self.sent
-                async with self.room:
-                    self.room.notify_all()
                 return
 
-    def _has_room(self, batched: int) -> bool:
-        return self.sent + batched - self.done < MAX_PENDING
-
-    async def finished(self, count: int) -> None:
-        async with self.room:
-            self.done += count
-            self.room.notify_all()
+    def hand_out(self) -> None:
+        """A result goes to the caller: an input may take its place. (Counted when handed out,
+        not when it arrives: results held back to keep the order count as pending too.)"""
+        self.handed_out += 1
+        self.room.set()
 
 
 async def map_outputs(
@@ -130,15 +126,15 @@ async def map_outputs(
                     continue
                 seen.add(output.idx)
                 fresh.append(output)
-            if fresh:
-                await feeder.finished(len(fresh))
             for output in fresh:
                 value = await _value(conn, output.result, return_exceptions)
                 if not order_outputs:
+                    feeder.hand_out()
                     yield value
                     continue
                 waiting[output.idx] = value
                 while next_idx in waiting:
+                    feeder.hand_out()
                     yield waiting.pop(next_idx)
                     next_idx += 1
         finished = True

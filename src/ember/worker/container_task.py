@@ -17,7 +17,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
+
+from ember import errors
 from ember.client import Connection
 from ember.client.blobs import from_payload, to_payload
 from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
@@ -74,6 +78,7 @@ class ContainerTask:
         self._stopped_as = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
         self.task: asyncio.Task[None] | None = None
         self._finishing: asyncio.Future[None] | None = None
+        self._stream: Any = None  # the exchange stream, once opened
 
     @property
     def container_id(self) -> str:
@@ -133,6 +138,8 @@ class ContainerTask:
         await self._runtime.remove(self.container_id)
         if self._results:
             await self._exchange(want=0, wait_s=0)
+        if self._stream is not None:
+            self._stream.cancel()
         with contextlib.suppress(OSError):
             for path in self._socket_dir.iterdir():
                 path.unlink()
@@ -267,14 +274,30 @@ class ContainerTask:
                     await self._exchange(want=0, wait_s=0)  # its caller need not wait for the rest
 
     async def _exchange(self, want: int, wait_s: float) -> api_pb2.ContainerExchangeResponse:
-        """Report finished results and ask for up to `want` more inputs."""
+        """Report finished results and ask for up to `want` more inputs (over the container's
+        exchange stream, opened again if the control plane restarted: requests are safe to
+        repeat)."""
         results, self._results = self._results, []
-        return await self._conn.call(
-            self._conn.workers.ContainerExchange,
-            api_pb2.ContainerExchangeRequest(
-                container_id=self.container_id, results=results, want_inputs=want, wait_s=wait_s
-            ),
+        request = api_pb2.ContainerExchangeRequest(
+            container_id=self.container_id, results=results, want_inputs=want, wait_s=wait_s
         )
+        return await self._conn.reconnecting(lambda: self._exchange_once(request))
+
+    async def _exchange_once(
+        self, request: api_pb2.ContainerExchangeRequest
+    ) -> api_pb2.ContainerExchangeResponse:
+        if self._stream is None:
+            self._stream = self._conn.workers.ContainerExchange()
+        try:
+            await self._stream.write(request)
+            response = await self._stream.read()
+        except grpc.aio.AioRpcError:
+            self._stream = None
+            raise
+        if response is grpc.aio.EOF:
+            self._stream = None
+            raise errors.ConnectionError("the control plane closed the exchange stream")
+        return response  # type: ignore[no-any-return]
 
     async def _run_input(self, link: HarnessLink, item: api_pb2.Input) -> Exit | None:
         """Feed one input to the harness and collect its result; an `Exit` if the container

@@ -25,6 +25,17 @@ SQUARE = api_pb2.FunctionDefinition(
 )
 
 
+async def exchange(
+    conn: Connection, request: api_pb2.ContainerExchangeRequest
+) -> api_pb2.ContainerExchangeResponse:
+    """One exchange on a container's stream, as a worker makes it."""
+    stream = conn.workers.ContainerExchange()
+    await stream.write(request)
+    response = await stream.read()
+    stream.cancel()
+    return response
+
+
 @contextlib.asynccontextmanager
 async def serving(plane: ControlPlane) -> AsyncIterator[Connection]:
     server = grpc.aio.server(options=GRPC_OPTIONS)
@@ -191,8 +202,8 @@ async def test_a_container_leases_the_input_and_its_result_reaches_the_caller(pl
     _, container_id = await start_container(plane, conn)
     assert plane.cluster.containers[container_id].function_id == function_id
 
-    exchanged = await conn.call(
-        conn.workers.ContainerExchange,
+    exchanged = await exchange(
+        conn,
         api_pb2.ContainerExchangeRequest(container_id=container_id, want_inputs=1),
     )
     [leased] = exchanged.inputs
@@ -202,8 +213,8 @@ async def test_a_container_leases_the_input_and_its_result_reaches_the_caller(pl
     result = api_pb2.Result(
         status=api_pb2.RESULT_STATUS_SUCCESS, data=api_pb2.Payload(data=pickle.dumps(49))
     )
-    await conn.call(
-        conn.workers.ContainerExchange,
+    await exchange(
+        conn,
         api_pb2.ContainerExchangeRequest(
             container_id=container_id,
             results=[api_pb2.InputResult(input_id=leased.input_id, result=result)],
@@ -222,8 +233,8 @@ async def test_a_stopped_container_is_told_to_stop(plane, conn) -> None:
     await call(conn, function_id)
     _, container_id = await start_container(plane, conn)
     await plane.scheduler.stop_container(container_id, "test")
-    exchanged = await conn.call(
-        conn.workers.ContainerExchange,
+    exchanged = await exchange(
+        conn,
         api_pb2.ContainerExchangeRequest(container_id=container_id, want_inputs=1),
     )
     assert exchanged.stop is True and list(exchanged.inputs) == []
@@ -233,16 +244,16 @@ async def test_a_container_cannot_report_results_for_inputs_it_does_not_hold(pla
     _, function_id = await start_app(conn)
     await call(conn, function_id)
     _, container_id = await start_container(plane, conn)
-    exchanged = await conn.call(
-        conn.workers.ContainerExchange,
+    exchanged = await exchange(
+        conn,
         api_pb2.ContainerExchangeRequest(container_id=container_id, want_inputs=1),
     )
     [leased] = exchanged.inputs
     forged = api_pb2.Result(
         status=api_pb2.RESULT_STATUS_SUCCESS, data=api_pb2.Payload(data=pickle.dumps("forged"))
     )
-    await conn.call(
-        conn.workers.ContainerExchange,
+    await exchange(
+        conn,
         api_pb2.ContainerExchangeRequest(
             container_id="ta-0000000000000000",
             results=[api_pb2.InputResult(input_id=leased.input_id, result=forged)],

@@ -65,7 +65,15 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
 
     @translate_errors
     async def ContainerExchange(
-        self, request: api_pb2.ContainerExchangeRequest, context: Context
+        self, requests: AsyncIterator[api_pb2.ContainerExchangeRequest], context: Context
+    ) -> AsyncIterator[api_pb2.ContainerExchangeResponse]:
+        """A container's stream: each request reports results and asks for inputs; each gets
+        one response. (A stream: its messages cost less than a call each.)"""
+        async for request in requests:
+            yield await self._exchange(request)
+
+    async def _exchange(
+        self, request: api_pb2.ContainerExchangeRequest
     ) -> api_pb2.ContainerExchangeResponse:
         plane = self._plane
         await plane.dispatcher.report(request.container_id, list(request.results))
