@@ -24,6 +24,8 @@ _connection_lock: asyncio.Lock | None = None
 async def connection() -> Connection:
     """The process's one connection to the control plane (on the SDK's event loop)."""
     global _connection, _connection_lock
+    if _connection is not None:  # the common case, on every call: no lock
+        return _connection
     if _connection_lock is None:
         _connection_lock = asyncio.Lock()
     async with _connection_lock:

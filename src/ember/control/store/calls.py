@@ -113,6 +113,7 @@ def _input_rows(
 # compiled form (building a statement per call cost more than running it).
 _i = schema.inputs.c
 _o = schema.outputs.c
+_INSERT_INPUT = schema.inputs.insert()
 _LEASE = (
     schema.inputs.update()
     .where(_i.id.in_(sa.bindparam("ids", expanding=True)), _i.state == schema.QUEUED)
@@ -143,6 +144,12 @@ _RENEW = (
     )
     .values(lease_expires_at=sa.bindparam("expires_at"))
 )
+
+
+def _one_or_many(rows: list[dict[str, object]]) -> dict[str, object] | list[dict[str, object]]:
+    """One row as a plain execution: SQLAlchemy's many-rows path costs more for a single row
+    (the common case: one `.remote()`, one result)."""
+    return rows[0] if len(rows) == 1 else rows
 
 
 @functools.cache
@@ -188,7 +195,7 @@ class CallStore:
             if inserted.rowcount == 1:
                 rows = _input_rows(call_id, function_id, new_inputs, now)
                 if rows:
-                    await conn.execute(schema.inputs.insert(), rows)
+                    await conn.execute(_INSERT_INPUT, _one_or_many(rows))
                 return [QueuedInput(row["id"], function_id, now) for row in rows]
         return await self.put_inputs(call_id, function_id, new_inputs, complete, now)
 
@@ -291,7 +298,7 @@ class CallStore:
             )
         finished = [item.input_id for item in results if item.finishes_input]
         async with self._engine.begin() as conn:
-            stored = await conn.execute(_store_outputs(conn.dialect.name), rows)
+            stored = await conn.execute(_store_outputs(conn.dialect.name), _one_or_many(rows))
             stored_rows = stored.all()  # read before the commit
             if finished:
                 await conn.execute(_FINISH, {"ids": finished})
