@@ -39,6 +39,22 @@ def load_app(cluster: local_cluster.LocalCluster) -> Callable[[str], Any]:
     return load
 
 
+@pytest.fixture(scope="module")
+def basics(load_app: Callable[[str], Any]) -> Iterator[Any]:
+    """tests/e2e/apps/basics.py, running for the module's tests."""
+    module = load_app("basics")
+    with module.app.run():
+        yield module
+
+
+@pytest.fixture(scope="module")
+def limits(load_app: Callable[[str], Any]) -> Iterator[Any]:
+    """tests/e2e/apps/limits.py, running for the module's tests."""
+    module = load_app("limits")
+    with module.app.run():
+        yield module
+
+
 def ember_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
     """Run the `ember` command as a user would; returns the completed process."""
     import subprocess

@@ -1,18 +1,10 @@
 """Every way of calling a function, through real containers."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import ember
-
-
-@pytest.fixture(scope="module")
-def basics(load_app: Any) -> Iterator[Any]:
-    module = load_app("basics")
-    with module.app.run():
-        yield module
 
 
 def test_remote_returns_the_result(basics: Any) -> None:
@@ -136,3 +128,21 @@ def test_map_reads_its_inputs_lazily(basics: Any) -> None:
         assert value == received - 1
     assert received == total
     assert most_ahead <= MAX_PENDING + BATCH_INPUTS
+
+
+def test_stopping_a_map_early_cancels_what_has_not_run(basics: Any) -> None:
+    import sqlite3
+
+    from ember import config
+
+    results = basics.sleep_for.map([0.05] * 300)
+    assert next(results) == 0.05
+    results.close()
+    with sqlite3.connect(config.data_dir() / "ember.db") as db:
+        cancelled, unfinished = db.execute(
+            "SELECT c.cancelled, (SELECT count(*) FROM inputs i WHERE i.call_id = c.id"
+            " AND i.state IN ('queued', 'leased'))"
+            " FROM calls c ORDER BY c.created_at DESC LIMIT 1"
+        ).fetchone()
+    assert cancelled == 1
+    assert unfinished == 0

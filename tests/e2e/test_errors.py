@@ -1,7 +1,6 @@
 """Errors a user can cause, or that user code raises: one clear message each."""
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,13 +8,6 @@ import pytest
 import ember
 
 from .conftest import APPS, ember_cli
-
-
-@pytest.fixture(scope="module")
-def basics(load_app: Any) -> Iterator[Any]:
-    module = load_app("basics")
-    with module.app.run():
-        yield module
 
 
 def test_remote_exception_keeps_type_message_and_traceback(basics: Any) -> None:

@@ -1,19 +1,11 @@
 """Timeouts, crashes and retries: a failed attempt runs again on a fresh container."""
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import ember
-
-
-@pytest.fixture(scope="module")
-def limits(load_app: Any) -> Iterator[Any]:
-    module = load_app("limits")
-    with module.app.run():
-        yield module
 
 
 def test_timeout_fails_the_input_and_replaces_the_container(limits: Any) -> None:

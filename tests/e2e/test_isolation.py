@@ -1,27 +1,12 @@
 """Each function runs in its own container: its own pid namespace, hostname, files and limits."""
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ember
-
-
-@pytest.fixture(scope="module")
-def basics(load_app: Any) -> Iterator[Any]:
-    module = load_app("basics")
-    with module.app.run():
-        yield module
-
-
-@pytest.fixture(scope="module")
-def limits(load_app: Any) -> Iterator[Any]:
-    module = load_app("limits")
-    with module.app.run():
-        yield module
 
 
 def test_own_pid_namespace_and_hostname(basics: Any) -> None:

@@ -6,27 +6,10 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from ember import config
 from ember.client import local_cluster
-
-
-@pytest.fixture(scope="module")
-def basics(load_app: Any) -> Iterator[Any]:
-    module = load_app("basics")
-    with module.app.run():
-        yield module
-
-
-@pytest.fixture(scope="module")
-def limits(load_app: Any) -> Iterator[Any]:
-    module = load_app("limits")
-    with module.app.run():
-        yield module
 
 
 def _wait_until(condition: Any, timeout: float) -> None:

@@ -8,6 +8,7 @@ it learns its id. Every method is written once as a coroutine; `f.remote(x)` blo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -286,6 +287,31 @@ class Function:
             )
             outputs = list(response.outputs)
 
+    async def _fan_out(
+        self,
+        method: str,
+        arguments: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        order_outputs: bool,
+        return_exceptions: bool,
+    ) -> AsyncIterator[Any]:
+        """What `map`, `starmap` and `for_each` share: one call, its results streamed back."""
+        from ember.sdk._map import map_outputs
+
+        conn, function_id = await self._resolve()
+        self._no_generator(method)
+        # aclosing: a caller that stops early cancels what has not run, now, not at collection.
+        outputs = map_outputs(
+            conn,
+            function_id,
+            arguments,
+            order_outputs=order_outputs,
+            return_exceptions=return_exceptions,
+        )
+        async with contextlib.aclosing(outputs):
+            async for value in outputs:
+                yield value
+
     @synchronize
     async def map(
         self,
@@ -298,19 +324,13 @@ class Function:
 
         for y in square.map(range(100)): ...
         """
-        from ember.sdk._map import map_outputs
-
-        conn, function_id = await self._resolve()
-        self._no_generator("map")
         arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
-        async for value in map_outputs(
-            conn,
-            function_id,
-            arguments,
-            order_outputs=order_outputs,
-            return_exceptions=return_exceptions,
-        ):
-            yield value
+        results = self._fan_out(
+            "map", arguments, order_outputs=order_outputs, return_exceptions=return_exceptions
+        )
+        async with contextlib.aclosing(results):
+            async for value in results:
+                yield value
 
     @synchronize
     async def starmap(
@@ -321,19 +341,13 @@ class Function:
         return_exceptions: bool = False,
     ) -> AsyncIterator[Any]:
         """Like `map`, but each item of `input_iterator` is a tuple of arguments."""
-        from ember.sdk._map import map_outputs
-
-        conn, function_id = await self._resolve()
-        self._no_generator("starmap")
         arguments = ((tuple(args), kwargs or {}) for args in input_iterator)
-        async for value in map_outputs(
-            conn,
-            function_id,
-            arguments,
-            order_outputs=order_outputs,
-            return_exceptions=return_exceptions,
-        ):
-            yield value
+        results = self._fan_out(
+            "starmap", arguments, order_outputs=order_outputs, return_exceptions=return_exceptions
+        )
+        async with contextlib.aclosing(results):
+            async for value in results:
+                yield value
 
     @synchronize
     async def for_each(
@@ -343,17 +357,9 @@ class Function:
         ignore_exceptions: bool = False,
     ) -> None:
         """Run the function over the iterables for its effects, discarding the results."""
-        from ember.sdk._map import map_outputs
-
-        conn, function_id = await self._resolve()
-        self._no_generator("for_each")
         arguments = ((args, kwargs or {}) for args in zip(*iterables, strict=False))
-        async for _ in map_outputs(
-            conn,
-            function_id,
-            arguments,
-            order_outputs=False,
-            return_exceptions=ignore_exceptions,
+        async for _ in self._fan_out(
+            "for_each", arguments, order_outputs=False, return_exceptions=ignore_exceptions
         ):
             pass
 
