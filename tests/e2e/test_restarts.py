@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ember import config
@@ -74,3 +75,11 @@ def test_worker_killed_mid_input_cleans_up_and_the_input_runs_again(limits: Any)
     assert not before & _runc_containers()  # the old worker's containers are gone
     old_mounts = {m for m in _mounts_under_worker() if any(c in m for c in before)}
     assert not old_mounts
+    cgroups = Path("/sys/fs/cgroup")  # v1: <controller>/ember/<id>; v2: ember/<id>
+    old_cgroups = [
+        path
+        for c in before
+        for path in [*cgroups.glob(f"*/ember/{c}"), cgroups / "ember" / c]
+        if path.exists()
+    ]
+    assert not old_cgroups
