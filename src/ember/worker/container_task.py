@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 
-from ember import errors
 from ember.client import Connection
 from ember.client.blobs import from_payload, to_payload
 from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
@@ -270,8 +269,10 @@ class ContainerTask:
                 self._running = None
                 took = loop.time() - started
                 self._fast = took < FAST_INPUT_S
-                if took >= REPORT_AFTER_S and item is not response.inputs[-1]:
-                    await self._exchange(want=0, wait_s=0)  # its caller need not wait for the rest
+                # A slow input's caller need not wait for the rest of the batch.
+                report_now = took >= REPORT_AFTER_S and item is not response.inputs[-1]
+                if report_now and (await self._exchange(want=0, wait_s=0)).stop:
+                    return Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
 
     async def _exchange(self, want: int, wait_s: float) -> api_pb2.ContainerExchangeResponse:
         """Report finished results and ask for up to `want` more inputs (over the container's
@@ -281,22 +282,34 @@ class ContainerTask:
         request = api_pb2.ContainerExchangeRequest(
             container_id=self.container_id, results=results, want_inputs=want, wait_s=wait_s
         )
-        return await self._conn.reconnecting(lambda: self._exchange_once(request))
+        try:
+            return await self._conn.reconnecting(lambda: self._exchange_once(request))
+        except BaseException:
+            self._results[:0] = results  # not delivered: the final report tries again
+            raise
 
     async def _exchange_once(
         self, request: api_pb2.ContainerExchangeRequest
     ) -> api_pb2.ContainerExchangeResponse:
-        if self._stream is None:
+        if self._stream is None or self._stream.done():
             self._stream = self._conn.workers.ContainerExchange()
+        stream = self._stream
         try:
-            await self._stream.write(request)
-            response = await self._stream.read()
-        except grpc.aio.AioRpcError:
-            self._stream = None
-            raise
+            await stream.write(request)
+            response = await stream.read()
+        except asyncio.InvalidStateError:
+            response = grpc.aio.EOF  # it ended before the write: its status says why
         if response is grpc.aio.EOF:
+            # A stream that ends is a broken connection (the control plane went away): report
+            # it as its status, so that `reconnecting` opens a new one and asks again.
             self._stream = None
-            raise errors.ConnectionError("the control plane closed the exchange stream")
+            code = await stream.code()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details=await stream.details() or "the exchange stream ended",
+            )
         return response  # type: ignore[no-any-return]
 
     async def _run_input(self, link: HarnessLink, item: api_pb2.Input) -> Exit | None:

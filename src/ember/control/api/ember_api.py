@@ -66,8 +66,9 @@ class EmberService(api_pb2_grpc.EmberServicer):
         ids = await self._plane.store.apps.publish(
             request.app_id, request.source_blob_id, list(request.functions)
         )
-        for definition in request.functions:
-            self._remember(ids[definition.name], request.app_id, definition)
+        # What the store holds: a repeated publish keeps the definitions of the first.
+        for function in await self._plane.store.apps.functions_of([request.app_id]):
+            self._remember(function.function_id, request.app_id, function.definition)
         return api_pb2.AppPublishResponse(function_ids=ids)
 
     @translate_errors

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from ember.control.clock import Clock
 from ember.control.queue.retries import retry_delay
-from ember.control.store import FinalResult, LeasedInput, QueuedInput, Store, StoredOutput
+from ember.control.store import (
+    AFTER_LAST_ITEM,
+    FinalResult,
+    LeasedInput,
+    QueuedInput,
+    Store,
+    StoredOutput,
+)
 from ember.proto import api_pb2
 
 # How long a container holds an input without its worker heartbeating before the input is
@@ -41,7 +48,6 @@ class Lease:
     function_id: str
     container_id: str
     attempts: int
-    next_gen_index: int = 0  # a generator's items recorded so far
 
 
 class Dispatcher:
@@ -143,7 +149,7 @@ class Dispatcher:
         if want > 0 and self._held.get(container_id):
             # A container asks only once it has finished what it held: inputs it still holds
             # were leased to it but never reached it (the reply was lost). Send them again.
-            return await self._store.calls.leased(container_ids=[container_id])
+            return (await self._store.calls.leased(container_ids=[container_id]))[:want]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -205,7 +211,6 @@ class Dispatcher:
                         item.input_id, item.gen_index, item.result.SerializeToString(), False
                     )
                 )
-                lease.next_gen_index = max(lease.next_gen_index, item.gen_index + 1)
             elif status in RETRYABLE and not definition.is_generator:
                 failed.append((item.input_id, lease, item.result))
             else:
@@ -238,7 +243,7 @@ class Dispatcher:
                 delay = retry_delay(definition.retries, lease.attempts)
             if delay is None:
                 finals.append(
-                    FinalResult(input_id, lease.next_gen_index, result.SerializeToString(), True)
+                    FinalResult(input_id, AFTER_LAST_ITEM, result.SerializeToString(), True)
                 )
             else:
                 retry[now + delay].append(input_id)
@@ -286,7 +291,9 @@ class Dispatcher:
         ids = list(self._ready.get(function_id, ()))
         ids += [i for _, i, fid in self._delayed if fid == function_id]
         self._forget_queued(set(ids))
-        await self._finish([FinalResult(i, 0, result.SerializeToString(), True) for i in ids])
+        await self._finish(
+            [FinalResult(i, AFTER_LAST_ITEM, result.SerializeToString(), True) for i in ids]
+        )
 
     async def expire_leases(self) -> None:
         """Inputs whose container stopped renewing their lease failed an attempt."""
@@ -324,7 +331,10 @@ class Dispatcher:
         for item in cancelled:
             self._drop_lease(item.input_id)
         await self._finish(
-            [FinalResult(item.input_id, 0, result.SerializeToString(), True) for item in cancelled]
+            [
+                FinalResult(item.input_id, AFTER_LAST_ITEM, result.SerializeToString(), True)
+                for item in cancelled
+            ]
         )
         return containers
 

@@ -19,7 +19,7 @@ from ember.control.clock import Clock
 from ember.control.ids import new_id
 from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer
-from ember.control.scheduler.placement import Request, place
+from ember.control.scheduler.placement import Placement, Request, WorkerCapacity, place
 from ember.control.store import Container, Store, schema
 from ember.proto import api_pb2
 
@@ -90,45 +90,55 @@ class Scheduler:
                 scaledown_window_s=definition.autoscaling.scaledown_window_s,
             )
         )
+        request = Request(
+            cpu=definition.resources.cpu, memory_mb=int(definition.resources.memory_mb)
+        )
         for started in range(decision.start):
-            if not await self._start(info):
+            capacities = self._cluster.capacities()
+            placement = place(request, capacities)
+            if placement.worker_id is not None:
+                await self._start(info, request, placement.worker_id)
+                continue
+            if capacities and placement.never_fits(len(capacities)):
+                await self._fail_unplaceable(info, request, capacities)
+            else:
+                self._log_waiting(info, placement)
                 await self._evict_idle(info.function_id, decision.start - started)
-                break
+            break
         for container_id in decision.stop:
             await self.stop_container(container_id, "idle past its scaledown window")
 
-    async def _start(self, info: FunctionInfo) -> bool:
-        resources = info.definition.resources
-        request = Request(cpu=resources.cpu, memory_mb=int(resources.memory_mb))
-        capacities = self._cluster.capacities()
-        placement = place(request, capacities)
-        if placement.worker_id is None and capacities and placement.never_fits(len(capacities)):
-            largest = max(capacities, key=lambda w: (w.total_memory_mb, w.total_cpu))
-            await self._dispatcher.fail_queued(
-                info.function_id,
-                api_pb2.Result(
-                    status=api_pb2.RESULT_STATUS_INIT_FAILURE,
-                    exception_text=(
-                        f"function {info.definition.name!r} asks for {request.cpu:g} CPU and "
-                        f"{request.memory_mb} MiB, more than any worker has (the largest has "
-                        f"{largest.total_cpu:g} CPU and {largest.total_memory_mb} MiB)"
-                    ),
+    async def _fail_unplaceable(
+        self, info: FunctionInfo, request: Request, capacities: list[WorkerCapacity]
+    ) -> None:
+        """No worker could ever hold the function: fail what waits for it, with the reason."""
+        largest = max(capacities, key=lambda w: (w.total_memory_mb, w.total_cpu))
+        await self._dispatcher.fail_queued(
+            info.function_id,
+            api_pb2.Result(
+                status=api_pb2.RESULT_STATUS_INIT_FAILURE,
+                exception_text=(
+                    f"function {info.definition.name!r} asks for {request.cpu:g} CPU and "
+                    f"{request.memory_mb} MiB, more than any worker has (the largest has "
+                    f"{largest.total_cpu:g} CPU and {largest.total_memory_mb} MiB)"
                 ),
-            )
-            return False
-        if placement.worker_id is None:
-            explanation = placement.explain(len(self._cluster.workers))
-            if self._unplaceable.get(info.function_id) != explanation:
-                log.info("cannot place %s yet: %s", info.definition.name, explanation)
-                self._unplaceable[info.function_id] = explanation
-            return False
+            ),
+        )
+
+    def _log_waiting(self, info: FunctionInfo, placement: Placement) -> None:
+        explanation = placement.explain(len(self._cluster.workers))
+        if self._unplaceable.get(info.function_id) != explanation:
+            log.info("cannot place %s yet: %s", info.definition.name, explanation)
+            self._unplaceable[info.function_id] = explanation
+
+    async def _start(self, info: FunctionInfo, request: Request, worker_id: str) -> None:
         self._unplaceable.pop(info.function_id, None)
         app = await self._store.apps.get(info.app_id)
         container = LiveContainer(
             container_id=new_id("ta"),
             app_id=info.app_id,
             function_id=info.function_id,
-            worker_id=placement.worker_id,
+            worker_id=worker_id,
             cpu=request.cpu,
             memory_mb=request.memory_mb,
             state=schema.STARTING,
@@ -148,7 +158,7 @@ class Scheduler:
             )
         )
         self._cluster.order(
-            placement.worker_id,
+            worker_id,
             api_pb2.WorkerOrder(
                 start=api_pb2.ContainerSpec(
                     container_id=container.container_id,
@@ -159,7 +169,6 @@ class Scheduler:
                 )
             ),
         )
-        return True
 
     async def _evict_idle(self, function_id: str, count: int) -> None:
         """Make room for a function that cannot be placed: stop up to `count` idle containers of

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ember.control.store.apps import App, AppStore, Function
 from ember.control.store.calls import (
+    AFTER_LAST_ITEM,
     Call,
     CallStore,
     FinalResult,
@@ -45,6 +46,7 @@ class Store:
 
 
 __all__ = [
+    "AFTER_LAST_ITEM",
     "App",
     "Call",
     "Container",

@@ -83,10 +83,15 @@ class StoredOutput:
     result: bytes
 
 
+# A final result's `gen_index` when its producer does not know it: the store places it after the
+# items the input has yielded (none, for a plain function), so it never collides with one.
+AFTER_LAST_ITEM = -1
+
+
 @dataclass(frozen=True)
 class FinalResult:
     input_id: str
-    gen_index: int
+    gen_index: int  # or AFTER_LAST_ITEM
     result: bytes  # proto Result
     finishes_input: bool  # False for an item a generator yielded
 
@@ -135,6 +140,9 @@ _OUTPUTS_AFTER = (
     .where(_o.call_id == sa.bindparam("call_id"), _o.seq > sa.bindparam("after_seq"))
     .order_by(_o.seq)
     .limit(sa.bindparam("limit"))
+)
+_NEXT_GEN_INDEX = sa.select(sa.func.coalesce(sa.func.max(_o.gen_index) + 1, 0)).where(
+    _o.input_id == sa.bindparam("input_id")
 )
 _RENEW = (
     schema.inputs.update()
@@ -298,6 +306,11 @@ class CallStore:
             )
         finished = [item.input_id for item in results if item.finishes_input]
         async with self._engine.begin() as conn:
+            for row in rows:
+                if row["gen_index"] == AFTER_LAST_ITEM:
+                    row["gen_index"] = (
+                        await conn.execute(_NEXT_GEN_INDEX, {"input_id": row["input_id"]})
+                    ).scalar_one()
             stored = await conn.execute(_store_outputs(conn.dialect.name), _one_or_many(rows))
             stored_rows = stored.all()  # read before the commit
             if finished:
@@ -350,7 +363,7 @@ class CallStore:
             i.id, i.function_id, i.idx, i.args, i.args_blob_id, i.attempts, i.container_id
         ).where(i.state == schema.LEASED)
         if container_ids is not None:
-            query = query.where(i.container_id.in_(container_ids))
+            query = query.where(i.container_id.in_(container_ids)).order_by(i.call_id, i.idx)
         if expired_before is not None:
             query = query.where(i.lease_expires_at < expired_before)
         async with self._engine.connect() as conn:

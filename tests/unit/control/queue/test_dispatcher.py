@@ -472,3 +472,19 @@ async def test_a_generator_that_dies_after_yielding_fails_after_its_items(
     await dispatcher.container_exited("ta-1", died, "killed", [item])
     assert await statuses(store) == [(0, SUCCESS), (0, died)]
     assert dispatcher.queued(function_id) == 0  # not retried: its item was delivered
+
+
+async def test_a_generator_failure_after_a_restart_still_lands_after_its_items(
+    store, clock, definitions, add_function
+) -> None:
+    function_id = await add_function(is_generator=True, retries=RETRIES)
+    first = Dispatcher(store, clock, definitions.__getitem__, lambda _: 1)
+    [item] = await submit(store, first, function_id, 1)
+    await first.take(function_id, "ta-1", want=1, wait_s=0)
+    await first.report("ta-1", [input_result(item, gen_index=0), input_result(item, gen_index=1)])
+
+    fresh = Dispatcher(store, clock, definitions.__getitem__, lambda _: 1)
+    await fresh.restore()
+    died = api_pb2.RESULT_STATUS_CONTAINER_DIED
+    await fresh.container_exited("ta-1", died, "killed", [item])
+    assert await statuses(store) == [(0, SUCCESS), (0, SUCCESS), (0, died)]

@@ -3,7 +3,15 @@
 import pytest
 
 from ember import errors
-from ember.control.store import FinalResult, NewInput, Store, input_id, parse_input_id, schema
+from ember.control.store import (
+    AFTER_LAST_ITEM,
+    FinalResult,
+    NewInput,
+    Store,
+    input_id,
+    parse_input_id,
+    schema,
+)
 from ember.proto import api_pb2
 
 CALL = "fc-" + "ab" * 8
@@ -237,3 +245,11 @@ async def test_cancel_function_inputs_drops_only_queued_ones(store, function_id)
     dropped = await store.calls.cancel_function_inputs([function_id])
     assert dropped == [input_id(CALL, 0)]
     assert await states(store) == {0: schema.CANCELLED, 1: schema.LEASED}
+
+
+async def test_a_final_result_after_the_last_item_takes_the_next_index(store, function_id) -> None:
+    await store.calls.create_call(CALL, function_id, REMOTE, new_inputs(0), True, 1.0)
+    item = input_id(CALL, 0)
+    await store.calls.record_results([FinalResult(item, 0, result(), False)])
+    stored = await store.calls.record_results([FinalResult(item, AFTER_LAST_ITEM, result(), True)])
+    assert [o.gen_index for o in stored[CALL]] == [1]
