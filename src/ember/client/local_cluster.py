@@ -40,17 +40,14 @@ def cluster_dir() -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is a live ember process (after a reboot, a pid file may name another)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive; /proc tells.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        command = (proc / "cmdline").read_bytes()
     except OSError:
         return False
+    return state != "Z" and b"ember" in command
 
 
 def _read(name: str) -> str | None:

@@ -136,7 +136,10 @@ class ContainerTask:
             await self._logs.flush(self.container_id, final=True)
         await self._runtime.remove(self.container_id)
         if self._results:
-            await self._exchange(want=0, wait_s=0)
+            try:
+                await self._exchange(want=0, wait_s=0)
+            except Exception as error:  # the exit must still be reported
+                log.warning("container %s: results not reported: %s", self.container_id, error)
         if self._stream is not None:
             self._stream.cancel()
         with contextlib.suppress(OSError):
