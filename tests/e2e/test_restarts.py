@@ -27,12 +27,18 @@ def test_control_plane_killed_mid_map_loses_nothing(basics: Any) -> None:
     consumer = threading.Thread(target=lambda: results.extend(basics.square.map(range(5000))))
     consumer.start()
     _wait_until(lambda: len(results) >= 500, timeout=120)
+    remote: list[float] = []  # a .remote() waiting on the call stream when the kill lands
+    caller = threading.Thread(target=lambda: remote.append(basics.sleep_for.remote(1.5)))
+    caller.start()
+    time.sleep(0.3)
     os.kill(cluster.control_pid, signal.SIGKILL)
     killed_at = len(results)
     time.sleep(0.5)
     local_cluster.start_control(cluster.address)
     consumer.join(timeout=300)
+    caller.join(timeout=300)
     assert not consumer.is_alive()
+    assert remote == [1.5]
     assert killed_at < 5000  # the kill landed mid-map
     assert results == [x * x for x in range(5000)]
     with sqlite3.connect(config.data_dir() / "ember.db") as db:

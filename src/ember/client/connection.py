@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from ember import errors
 from ember.proto import api_pb2_grpc
+
+if TYPE_CHECKING:
+    from ember.client.call_stream import CallStream
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,26 @@ CHANNEL_OPTIONS = [
 Response = TypeVar("Response")
 
 
+def error_from_code(code_name: str, details: str) -> errors.Error:
+    """The ember error a gRPC status code name stands for (the reverse of the server's map)."""
+    return errors.ERROR_FOR_CODE.get(code_name, errors.Error)(details or code_name)
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.Error:
     code = error.code()
-    kind = errors.ERROR_FOR_CODE.get(code.name if code else "", errors.Error)
-    return kind(error.details() or str(code))
+    return error_from_code(code.name if code else "", error.details() or "")
+
+
+async def stream_ended(stream: Any) -> grpc.aio.AioRpcError:
+    """The error to raise for a stream that ended under its user: its own status, or UNAVAILABLE
+    when it ended cleanly (the control plane went away), so that `reconnecting` tries again."""
+    code = await stream.code()
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=await stream.details() or "the stream ended",
+    )
 
 
 class Connection:
@@ -46,6 +65,16 @@ class Connection:
         self.channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
         self.ember = api_pb2_grpc.EmberStub(self.channel)
         self.workers = api_pb2_grpc.WorkersStub(self.channel)
+        self._calls: CallStream | None = None
+
+    @property
+    def calls(self) -> CallStream:
+        """The connection's stream of function calls (made on first use, in the running loop)."""
+        from ember.client.call_stream import CallStream
+
+        if self._calls is None:
+            self._calls = CallStream(self)
+        return self._calls
 
     async def call(
         self, method: Any, request: Any, *, timeout: float | None = None, retry: bool = True
@@ -77,4 +106,6 @@ class Connection:
             delay = min(delay * 2, 1.0)
 
     async def close(self) -> None:
+        if self._calls is not None:
+            await self._calls.close()
         await self.channel.close()

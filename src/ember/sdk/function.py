@@ -215,8 +215,7 @@ class Function:
 
         conn, function_id = await self._resolve()
         call_id = new_call_id()
-        response = await conn.call(
-            conn.ember.FunctionCall,
+        response = await conn.calls.call(
             api_pb2.FunctionCallRequest(
                 call_id=call_id,
                 function_id=function_id,
@@ -224,7 +223,7 @@ class Function:
                 inputs=[api_pb2.Input(idx=0, args=await encode_args(conn, args, kwargs))],
                 inputs_complete=True,
                 wait_s=wait_s,
-            ),
+            )
         )
         return conn, call_id, list(response.outputs)
 

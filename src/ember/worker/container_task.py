@@ -23,6 +23,7 @@ import grpc
 
 from ember.client import Connection
 from ember.client.blobs import from_payload, to_payload
+from ember.client.connection import stream_ended
 from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
 from ember.proto import api_pb2
 from ember.proto import harness_frames as frames
@@ -303,16 +304,8 @@ class ContainerTask:
         except asyncio.InvalidStateError:
             response = grpc.aio.EOF  # it ended before the write: its status says why
         if response is grpc.aio.EOF:
-            # A stream that ends is a broken connection (the control plane went away): report
-            # it as its status, so that `reconnecting` opens a new one and asks again.
             self._stream = None
-            code = await stream.code()
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details=await stream.details() or "the exchange stream ended",
-            )
+            raise await stream_ended(stream)  # `reconnecting` opens a new one and asks again
         return response  # type: ignore[no-any-return]
 
     async def _run_input(self, link: HarnessLink, item: api_pb2.Input) -> Exit | None:

@@ -1,5 +1,6 @@
 """The control plane in process, served over gRPC on a local port and driven through the client."""
 
+import asyncio
 import contextlib
 import pickle
 from collections.abc import AsyncIterator
@@ -278,3 +279,27 @@ async def test_a_cancelled_call_starts_no_container(plane, conn) -> None:
     )
     await plane.scheduler.tick()
     assert plane.cluster.containers == {}
+
+
+async def test_calls_on_one_stream_are_answered_each_on_its_own(plane, conn) -> None:
+    _, function_id = await start_app(conn)
+    stopped_app, stopped_function = await start_app(conn, name="stopped")
+    await conn.call(conn.ember.AppStop, api_pb2.AppStopRequest(app_id=stopped_app))
+
+    def request(call_id: str, target: str, wait_s: float) -> api_pb2.FunctionCallRequest:
+        return api_pb2.FunctionCallRequest(
+            call_id=call_id,
+            function_id=target,
+            kind=api_pb2.CALL_KIND_REMOTE,
+            inputs=[api_pb2.Input(idx=0, args=api_pb2.Payload(data=pickle.dumps(((3,), {}))))],
+            inputs_complete=True,
+            wait_s=wait_s,
+        )
+
+    waiting = asyncio.create_task(conn.calls.call(request("fc-" + "1" * 16, function_id, 5.0)))
+    quick = await conn.calls.call(request("fc-" + "2" * 16, function_id, 0.0))
+    assert quick.call_id == "fc-" + "2" * 16 and not waiting.done()  # answered out of order
+    with pytest.raises(ember.InvalidError, match="no longer running"):
+        await conn.calls.call(request("fc-" + "3" * 16, stopped_function, 0.0))
+    assert not waiting.done()  # the failure answered its own call only
+    waiting.cancel()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
 from ember import errors
-from ember.control.api.errors import translate_errors
+from ember.control.api.errors import status_code, translate_errors
 from ember.control.scheduler.cluster import FunctionInfo
 from ember.control.store import NewInput, StoredOutput
 from ember.proto import api_pb2, api_pb2_grpc
@@ -170,6 +171,40 @@ class EmberService(api_pb2_grpc.EmberServicer):
     @translate_errors
     async def FunctionCall(
         self, request: api_pb2.FunctionCallRequest, context: Context
+    ) -> api_pb2.FunctionCallResponse:
+        return await self._function_call(request)
+
+    async def FunctionCalls(
+        self, requests: AsyncIterator[api_pb2.FunctionCallRequest], context: Context
+    ) -> AsyncIterator[api_pb2.FunctionCallResponse]:
+        """The calls of one client on one stream: each request is answered on its own, when
+        ready; a failure answers its request alone and leaves the stream open."""
+        answers: asyncio.Queue[api_pb2.FunctionCallResponse] = asyncio.Queue()
+
+        async def answer(request: api_pb2.FunctionCallRequest) -> None:
+            try:
+                response = await self._function_call(request)
+            except errors.Error as error:
+                response = api_pb2.FunctionCallResponse(
+                    error_code=status_code(error).name, error_message=str(error)
+                )
+            response.call_id = request.call_id
+            answers.put_nowait(response)
+
+        async def take_requests() -> None:
+            async with asyncio.TaskGroup() as group:
+                async for request in requests:
+                    group.create_task(answer(request))
+
+        reading = asyncio.create_task(take_requests())
+        try:
+            while True:
+                yield await answers.get()
+        finally:
+            reading.cancel()
+
+    async def _function_call(
+        self, request: api_pb2.FunctionCallRequest
     ) -> api_pb2.FunctionCallResponse:
         await self._callable(request.function_id)
         queued = await self._plane.store.calls.create_call(
