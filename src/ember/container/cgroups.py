@@ -79,19 +79,6 @@ def parse_oom_kill(text: str) -> int:
     return 0
 
 
-def memory_peak(cgroups_path: str) -> int | None:
-    """The cgroup's highest memory use in bytes, or None if unknown."""
-    relative = cgroups_path.strip("/")
-    if is_unified():
-        path = CGROUP_ROOT / relative / "memory.peak"  # kernel 5.19 and later
-    else:
-        path = CGROUP_ROOT / "memory" / relative / "memory.max_usage_in_bytes"
-    try:
-        return int(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def kill_all(cgroups_path: str) -> None:
     """SIGKILL every process in the cgroup."""
     for directory in directories(cgroups_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -29,10 +29,6 @@ class BlobStore(Protocol):
     def get(self, blob_id: str) -> AsyncIterator[bytes]:
         """The blob's bytes in chunks; NotFoundError if there is no such blob."""
         ...
-
-
-def blob_id_of(data: bytes) -> str:
-    return "bl-" + blake3.blake3(data).hexdigest()
 
 
 class LocalBlobStore:
@@ -72,8 +68,3 @@ class LocalBlobStore:
         with file:
             while chunk := file.read(CHUNK_SIZE):
                 yield chunk
-
-
-async def iterate(items: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item

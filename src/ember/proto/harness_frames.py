@@ -21,7 +21,6 @@ HEADER = struct.Struct(">I")
 
 SUCCESS = 1
 FAILURE = 2
-INIT_FAILURE = 4
 GENERATOR_DONE = 8
 
 

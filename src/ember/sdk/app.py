@@ -188,7 +188,7 @@ class App:
                 raise errors.InvalidError(
                     f"app {self!r} already has a function named {spec.name!r}"
                 )
-            function = Function(raw_f, spec, app_name=self.name)
+            function = Function(raw_f, spec)
             self._functions[spec.name] = function
             return function
 

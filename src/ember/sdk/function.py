@@ -137,12 +137,9 @@ class Function:
         self,
         raw_f: Callable[..., Any] | None,
         spec: FunctionSpec | None,
-        *,
-        app_name: str | None = None,
     ) -> None:
         self._raw_f = raw_f
         self.spec = spec
-        self._app_name = app_name
         self._function_id: str | None = None
         self._is_generator = spec.is_generator if spec else False
         self._lookup: tuple[str, str] | None = None
@@ -167,7 +164,7 @@ class Function:
         square = ember.Function.from_name("hello", "square")
         square.remote(7)
         """
-        function = cls(None, None, app_name=app_name)
+        function = cls(None, None)
         function._lookup = (app_name, name)
         return function
 

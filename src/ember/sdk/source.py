@@ -17,7 +17,6 @@ from typing import Any
 
 from ember import errors
 
-CONTAINER_SOURCE_DIR = "/app"
 _ENVIRONMENT_PARTS = {"site-packages", "dist-packages", ".venv", "venv", "__pycache__"}
 
 

@@ -10,7 +10,6 @@ import asyncio
 from dataclasses import dataclass, field
 
 from ember.control.scheduler.placement import WorkerCapacity
-from ember.control.store import schema
 from ember.proto import api_pb2
 
 
@@ -81,7 +80,3 @@ class Cluster:
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.orders.put_nowait(order)
-
-    def is_starting(self, container_id: str) -> bool:
-        container = self.containers.get(container_id)
-        return container is not None and container.state == schema.STARTING
