@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,39 +23,34 @@ class LogLine:
     timestamp: float
 
 
+_INSERT = schema.logs.insert().returning(schema.logs.c.id, sort_by_parameter_order=True)
+
+
 class LogStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     async def append(self, lines: Sequence[LogLine]) -> list[LogLine]:
-        """Store lines; returns them with their ids."""
+        """Store lines (in one statement); returns them with their ids."""
         if not lines:
             return []
-        stored = []
+        rows = [
+            {
+                "app_id": line.app_id,
+                "function_name": line.function_name,
+                "container_id": line.container_id,
+                "fd": line.fd,
+                "data": line.data,
+                "timestamp": line.timestamp,
+            }
+            for line in lines
+        ]
         async with self._engine.begin() as conn:
-            for line in lines:
-                result = await conn.execute(
-                    schema.logs.insert().values(
-                        app_id=line.app_id,
-                        function_name=line.function_name,
-                        container_id=line.container_id,
-                        fd=line.fd,
-                        data=line.data,
-                        timestamp=line.timestamp,
-                    )
-                )
-                stored.append(
-                    LogLine(
-                        result.inserted_primary_key[0],
-                        line.app_id,
-                        line.function_name,
-                        line.container_id,
-                        line.fd,
-                        line.data,
-                        line.timestamp,
-                    )
-                )
-        return stored
+            ids = (await conn.execute(_INSERT, rows)).scalars().all()
+        return [
+            dataclasses.replace(line, log_id=log_id)
+            for line, log_id in zip(lines, ids, strict=True)
+        ]
 
     async def after(self, app_id: str, after_id: int, limit: int = 1000) -> list[LogLine]:
         g = schema.logs.c
