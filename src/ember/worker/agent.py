@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 
 from ember import errors
-from ember.builder import ensure_base_image
 from ember.client import Connection
 from ember.container import RuncRuntime, Runtime
 from ember.proto import api_pb2
 from ember.worker.container_task import ContainerTask
+from ember.worker.images import BaseImageRoots, ImageRoots
 from ember.worker.logs import LogShipper
 from ember.worker.package import compiled_package
 from ember.worker.sources import SourceCache
@@ -61,7 +61,7 @@ class Worker:
         self._runtime = runtime or RuncRuntime(self._dir / "runtime")
         self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
-        self._image_root: Path | None = None
+        self._images: ImageRoots = BaseImageRoots()
 
     @property
     def worker_id(self) -> str:
@@ -75,7 +75,7 @@ class Worker:
         removed = await self._runtime.cleanup_stale()
         if removed:
             log.info("removed %d containers left by a previous run", len(removed))
-        self._image_root = await asyncio.to_thread(ensure_base_image)
+        await self._images.prepare()
         self._ember_package = await asyncio.to_thread(compiled_package, self._dir / "package")
         await self._register()
         try:
@@ -126,12 +126,11 @@ class Worker:
     def _obey(self, order: api_pb2.WorkerOrder) -> None:
         if order.WhichOneof("order") == "start":
             spec = order.start
-            assert self._image_root is not None
             task = ContainerTask(
                 spec,
                 conn=self._conn,
                 runtime=self._runtime,
-                image_root=self._image_root,
+                images=self._images,
                 sources=self._sources,
                 logs=self._logs,
                 socket_root=self._dir / "sockets",

@@ -28,6 +28,7 @@ from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
 from ember.proto import api_pb2
 from ember.proto import harness_frames as frames
 from ember.worker.harness_link import HarnessLink
+from ember.worker.images import ImageRoots
 from ember.worker.logs import ContainerLogs, LogShipper
 from ember.worker.sources import SourceCache
 
@@ -56,7 +57,7 @@ class ContainerTask:
         *,
         conn: Connection,
         runtime: Runtime,
-        image_root: Path,
+        images: ImageRoots,
         sources: SourceCache,
         logs: LogShipper,
         socket_root: Path,
@@ -65,7 +66,7 @@ class ContainerTask:
         self.spec = spec
         self._conn = conn
         self._runtime = runtime
-        self._image_root = image_root
+        self._images = images
         self._sources = sources
         self._logs = logs
         self._socket_dir = socket_root / spec.container_id
@@ -162,7 +163,8 @@ class ContainerTask:
         source = await self._sources.ensure(self.spec.source_blob_id)
         self._socket_dir.mkdir(parents=True, exist_ok=True)
         await link.listen(self._socket_dir / "harness.sock")
-        await self._runtime.start(self._config(source))
+        image_root = await self._images.root_for(definition)
+        await self._runtime.start(self._config(image_root, source))
         self._logs.watch(
             self.container_id,
             ContainerLogs(
@@ -187,11 +189,11 @@ class ContainerTask:
         self._ready = True
         return await self._serve(link)
 
-    def _config(self, source: Path) -> ContainerConfig:
+    def _config(self, image_root: Path, source: Path) -> ContainerConfig:
         resources = self.spec.function.resources
         return ContainerConfig(
             container_id=self.container_id,
-            image_root=self._image_root,
+            image_root=image_root,
             args=["python3", "-m", "ember.harness"],
             env={
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
