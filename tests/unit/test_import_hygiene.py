@@ -1,4 +1,5 @@
-"""Containers import the SDK (and the harness) without gRPC, protobuf, rich, SQL or asyncio."""
+"""Containers import the SDK (and the harness) without gRPC, protobuf, rich, SQL or asyncio, nor
+what only the client side needs (packing the app's source)."""
 
 import json
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = ("grpc", "google.protobuf", "rich", "sqlalchemy", "asyncio")
+HEAVY = ("grpc", "google.protobuf", "rich", "sqlalchemy", "asyncio", "tarfile", "pathlib")
 
 
 def loaded_after(statement: str) -> list[str]:

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ember import config, errors
+from ember import errors
 from ember.sdk._sync import run_blocking
-from ember.sdk.function import Function, FunctionSpec
+from ember.sdk.function import Function, FunctionSpec, module_name
 from ember.sdk.output import console, output_enabled, show_log
 from ember.sdk.retries import Retries
-from ember.sdk.source import module_file, module_name, source_archive
 
 if TYPE_CHECKING:
     from ember.client import Connection
@@ -223,6 +222,8 @@ class App:
 
     def _prepare_cluster(self) -> None:
         """Build the base image here, with progress, before a local cluster needs it."""
+        from ember import config
+
         if config.server_url() is None:
             from ember.builder import ensure_base_image
 
@@ -230,6 +231,7 @@ class App:
 
     async def _upload_source(self, conn: Connection) -> str:
         from ember.client.blobs import upload
+        from ember.sdk.source import module_file, source_archive
 
         module = self._entry_module()
         return await upload(conn, source_archive(module_file(module), module))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,20 @@ def _request_and_limit(
             f"got {value!r}"
         )
     return float(request), float(limit)
+
+
+def module_name(raw_f: Callable[..., Any]) -> str:
+    """The name the container imports the function's module by (a script's file stem)."""
+    name = raw_f.__module__
+    if name == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if main_file is None:
+            raise errors.InvalidError(
+                f"{raw_f.__qualname__} is defined in an interactive session; ember runs functions "
+                "from files (put it in a .py file)"
+            )
+        return os.path.splitext(os.path.basename(main_file))[0]
+    return name
 
 
 @dataclass(frozen=True)

@@ -11,27 +11,11 @@ from __future__ import annotations
 import io
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ember import errors
 
 _ENVIRONMENT_PARTS = {"site-packages", "dist-packages", ".venv", "venv", "__pycache__"}
-
-
-def module_name(raw_f: Callable[..., Any]) -> str:
-    """The name the container imports the function's module by (a script's file stem)."""
-    name = raw_f.__module__
-    if name == "__main__":
-        main_file = getattr(sys.modules["__main__"], "__file__", None)
-        if main_file is None:
-            raise errors.InvalidError(
-                f"{raw_f.__qualname__} is defined in an interactive session; ember runs functions "
-                "from files (put it in a .py file)"
-            )
-        return Path(main_file).stem
-    return name
 
 
 def module_file(name: str) -> Path:
