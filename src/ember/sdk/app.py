@@ -237,6 +237,8 @@ class App:
         return await upload(conn, source_archive(module_file(module), module))
 
     async def _start(self, detach: bool) -> None:
+        import uuid
+
         from ember.proto import api_pb2
         from ember.sdk._calls import connection
 
@@ -244,7 +246,11 @@ class App:
         source_blob_id = await self._upload_source(conn)
         created = await conn.call(
             conn.ember.AppCreate,
-            api_pb2.AppCreateRequest(name=self.name or self._entry_module(), detach=detach),
+            api_pb2.AppCreateRequest(
+                name=self.name or self._entry_module(),
+                detach=detach,
+                client_key=uuid.uuid4().hex,
+            ),
         )
         published = await conn.call(
             conn.ember.AppPublish,

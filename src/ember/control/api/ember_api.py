@@ -56,7 +56,9 @@ class EmberService(api_pb2_grpc.EmberServicer):
         self, request: api_pb2.AppCreateRequest, context: Context
     ) -> api_pb2.AppCreateResponse:
         state = api_pb2.APP_STATE_DETACHED if request.detach else api_pb2.APP_STATE_EPHEMERAL
-        app_id = await self._plane.store.apps.create(request.name, state, self._plane.clock.now())
+        app_id = await self._plane.store.apps.create(
+            request.name, state, self._plane.clock.now(), request.client_key
+        )
         self._plane.cluster.live_apps.add(app_id)
         return api_pb2.AppCreateResponse(app_id=app_id)
 

@@ -63,12 +63,25 @@ class AppStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def create(self, name: str, state: int, now: float) -> str:
-        app_id = new_id("ap")
+    async def create(self, name: str, state: int, now: float, client_key: str = "") -> str:
+        """A new app; with a `client_key` seen before, the app made then (a retried request)."""
+        a = schema.apps.c
         async with self._engine.begin() as conn:
+            if client_key:
+                existing = (
+                    await conn.execute(sa.select(a.id).where(a.client_key == client_key))
+                ).scalar_one_or_none()
+                if existing is not None:
+                    return str(existing)
+            app_id = new_id("ap")
             await conn.execute(
                 schema.apps.insert().values(
-                    id=app_id, name=name, state=state, created_at=now, last_heartbeat_at=now
+                    id=app_id,
+                    name=name,
+                    state=state,
+                    created_at=now,
+                    last_heartbeat_at=now,
+                    client_key=client_key or None,
                 )
             )
         return app_id

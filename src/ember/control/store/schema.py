@@ -24,6 +24,9 @@ apps = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("stopped_at", sa.Float),
     sa.Column("last_heartbeat_at", sa.Float, nullable=False),
+    # Made by the client for each `app.run()`, so that a retried AppCreate finds its app.
+    sa.Column("client_key", sa.String),
+    sa.Index("ix_apps_client_key", "client_key", unique=True),
 )
 
 functions = sa.Table(

@@ -147,3 +147,11 @@ async def test_publishing_again_adds_only_what_is_missing(store) -> None:
     )
     assert second["f"] == first["f"]
     assert set(second) == {"f", "g"}
+
+
+async def test_creating_again_with_the_same_client_key_gives_the_same_app(store) -> None:
+    first = await store.apps.create("x", api_pb2.APP_STATE_EPHEMERAL, 1.0, "k" * 32)
+    again = await store.apps.create("x", api_pb2.APP_STATE_EPHEMERAL, 2.0, "k" * 32)
+    other = await store.apps.create("x", api_pb2.APP_STATE_EPHEMERAL, 2.0, "")
+    assert first == again != other
+    assert len(await store.apps.list(include_stopped=True)) == 2

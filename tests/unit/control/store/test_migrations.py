@@ -78,7 +78,7 @@ def test_migrated_tables_have_the_declared_columns_keys_and_indexes(migrated_url
     assert inspect_tables(migrated_url) == declared_tables()
 
 
-async def test_first_open_runs_the_migration_and_second_open_runs_none(
+async def test_first_open_runs_every_migration_and_second_open_runs_none(
     tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = sqlite_url(tmp_path / "ember.db")
@@ -90,7 +90,7 @@ async def test_first_open_runs_the_migration_and_second_open_runs_none(
         store = await Store.open(url)
         await store.close()
         second = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
-    assert len(first) == 1 and "-> 0001" in first[0]
+    assert [message.split("->")[1].split(",")[0].strip() for message in first] == ["0001", "0002"]
     assert second == []
 
 
@@ -106,3 +106,33 @@ async def test_reopening_keeps_the_data(tmp_path) -> None:
     finally:
         await store.close()
     assert (app.name, app.state, app.created_at) == ("keep", api_pb2.APP_STATE_DETACHED, 5.0)
+
+
+async def test_a_database_of_the_first_version_is_upgraded_with_its_data(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from ember.control.store.engine import MIGRATIONS_DIR
+
+    url = sqlite_url(tmp_path / "old.db")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            sa.text(
+                "INSERT INTO apps (id, name, state, created_at, last_heartbeat_at)"
+                " VALUES ('ap-old', 'old', 3, 1.0, 1.0)"
+            )
+        )
+    engine.dispose()
+    store = await Store.open(url)
+    try:
+        assert (await store.apps.get("ap-old")).name == "old"
+        assert await store.apps.create("new", api_pb2.APP_STATE_EPHEMERAL, 2.0, "key-1") == (
+            await store.apps.create("new", api_pb2.APP_STATE_EPHEMERAL, 3.0, "key-1")
+        )
+    finally:
+        await store.close()
