@@ -103,13 +103,11 @@ class ControlPlane:
                 c.state,
                 c.created_at,
             )
-        for container in self.cluster.containers.values():
-            await self.load_function(container.function_id)
-        for leased in await self.store.calls.leased():
-            await self.load_function(leased.function_id)
-        for queued in await self.store.calls.queued():
-            await self.load_function(queued.function_id)
         await self.dispatcher.restore()
+        # Definitions of every function with containers or work, stopped apps' included.
+        functions = {c.function_id for c in self.cluster.containers.values()}
+        for function_id in functions | self.dispatcher.functions_with_work():
+            await self.load_function(function_id)
 
     async def close(self) -> None:
         await self.store.close()
