@@ -29,6 +29,7 @@ from ember.sdk import (
     App,
     Function,
     FunctionCall,
+    Image,
     Retries,
     enable_output,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Function",
     "FunctionCall",
     "FunctionTimeoutError",
+    "Image",
     "InputCancelledError",
     "InvalidError",
     "NotFoundError",

@@ -8,6 +8,8 @@ Everything comes from the environment, so a test or a second cluster can point e
 - `EMBER_IMAGE_DIR`: where built images live (default `<data dir>/images`); several data
   directories (a test session's, say) may share one, so the base image is built once per machine.
 - `EMBER_SERVER_URL`: a control plane to use instead of the local cluster (`host:port`).
+- `EMBER_IMAGE_STORE`: the chunk store holding built images, as `ember.imagefs.store.open_store`
+  takes it (default: the directory `imagestore` in the control plane's data directory).
 """
 
 from __future__ import annotations
@@ -29,3 +31,7 @@ def image_dir() -> Path:
 
 def server_url() -> str | None:
     return os.environ.get("EMBER_SERVER_URL") or None
+
+
+def image_store_url(control_data_dir: Path) -> str:
+    return os.environ.get("EMBER_IMAGE_STORE") or (control_data_dir / "imagestore").as_uri()

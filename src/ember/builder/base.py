@@ -35,7 +35,7 @@ BASE_FORMAT = 1
 # Python version -> the Debian suite whose python3 is that version.
 SUITES = {"3.11": "bookworm", "3.13": "trixie"}
 
-PACKAGES = ("python3",)
+PACKAGES = ("python3", "python3-pip")
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -147,6 +147,9 @@ def _build_into(
         )
         for relative in _STRIPPED:
             _empty_directory(rootfs / relative)
+        # The image is the user's to install into: `pip install` as Modal's images allow.
+        for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
         _write_host_files(rootfs)
 
 

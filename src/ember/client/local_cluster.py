@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from ember import config, errors
+from ember.imagefs.client import stop_daemon
 from ember.proto import api_pb2, api_pb2_grpc
 
 START_TIMEOUT_S = 120.0
@@ -148,7 +149,8 @@ def start_worker(address: str) -> int:
 
 
 def _stop_processes(timeout_s: float = 30.0) -> list[int]:
-    """SIGTERM the worker (it removes its containers), then the control plane."""
+    """SIGTERM the worker (it removes its containers), then the control plane, then the host's
+    imagefs daemon (which outlives worker restarts)."""
     stopped = []
     for name in ("worker", "control"):
         pid_text = _read(f"{name}.pid")
@@ -165,6 +167,7 @@ def _stop_processes(timeout_s: float = 30.0) -> list[int]:
             stopped.append(pid)
         (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
     (cluster_dir() / "address").unlink(missing_ok=True)
+    stop_daemon(config.data_dir() / "imagefs")
     return stopped
 
 

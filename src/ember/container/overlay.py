@@ -25,21 +25,46 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 _MNT_DETACH = 2
+_MS_RDONLY = 1
 
 # mountinfo escapes space, tab, newline and backslash in paths as octal (`\040`).
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def mount_overlay(lower: Path, upper: Path, work: Path, target: Path) -> None:
-    """Mount read-only `lower` under writable `upper` on `target`; `work` is overlay's scratch."""
-    for path in (lower, upper, work):
+def mount_overlay(
+    lower: Path | list[Path],
+    upper: Path,
+    work: Path,
+    target: Path,
+    *,
+    data_layers: tuple[Path, ...] = (),
+) -> None:
+    """Mount read-only `lower` (a list: top first) under writable `upper` on `target`.
+
+    `work` is overlay's scratch. `data_layers` are data-only lower layers: searched in order for
+    the content of files whose metadata layer redirects to them, never listed or stat'ed.
+    """
+    lowers = lower if isinstance(lower, list) else [lower]
+    for path in (*lowers, upper, work, *data_layers):
         # The option string is comma-separated and lowerdir is colon-separated.
         if "," in str(path) or ":" in str(path):
             raise ExecutionError(f"cannot use {path} in an overlay mount: it contains ',' or ':'")
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
+    lowerdir = ":".join(map(str, lowers)) + "".join(f"::{path}" for path in data_layers)
+    options = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
+    mount("overlay", target, "overlay", options)
+
+
+def mount(
+    source: str | Path, target: Path, fstype: str, options: str = "", *, readonly: bool = False
+) -> None:
+    """mount(2); `source` may be a file for file systems that mount files (erofs)."""
+    flags = _MS_RDONLY if readonly else 0
+    result = _libc.mount(
+        os.fsencode(source), os.fsencode(target), fstype.encode(), flags, options.encode()
+    )
+    if result != 0:
         code = ctypes.get_errno()
-        raise ExecutionError(f"mounting the overlay on {target} failed: {os.strerror(code)}")
+        raise ExecutionError(f"mounting {fstype} {source} on {target} failed: {os.strerror(code)}")
 
 
 def unmount(target: Path) -> None:

@@ -73,7 +73,10 @@ class RuncRuntime:
         rootfs = directory / "rootfs"
         for name in ("upper", "work", "rootfs"):
             (directory / name).mkdir()
-        overlay.mount_overlay(config.image_root, directory / "upper", directory / "work", rootfs)
+        upper = config.upper_dir or directory / "upper"
+        overlay.mount_overlay(
+            config.image_root, upper, directory / "work", rootfs, data_layers=config.data_layers
+        )
         spec = build_spec(
             config,
             rootfs,

@@ -31,6 +31,13 @@ class ContainerConfig:
     cpu: float = 1.0  # cores, enforced as a CFS quota; 0 or less means unlimited
     memory_mb: int = 0  # hard memory limit in MiB (swap included); 0 means unlimited
     pids_limit: int = 4096  # 0 or less means unlimited
+    # Data-only layers under `image_root`, searched in order for the content its files redirect
+    # to (an imagefs image's object directory, then its FUSE mount).
+    data_layers: tuple[Path, ...] = ()
+    host_network: bool = False  # share the host's network namespace (image builds need it)
+    # The writable layer, when the caller wants it after the container is gone (a build step's
+    # changes); by default the runtime makes one and removes it with the container.
+    upper_dir: Path | None = None
 
 
 @dataclass(frozen=True)

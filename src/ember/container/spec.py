@@ -130,7 +130,11 @@ def build_spec(
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": _resources(config, limit_swap),
-            "namespaces": [{"type": kind} for kind in NAMESPACES],
+            "namespaces": [
+                {"type": kind}
+                for kind in NAMESPACES
+                if not (config.host_network and kind == "network")
+            ],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import grpc
 
+from ember.config import image_store_url
 from ember.control.api.ember_api import EmberService
 from ember.control.api.workers_api import WorkersService
 from ember.control.blobs import BlobStore, LocalBlobStore
 from ember.control.clock import Clock, SystemClock
+from ember.control.images import ImageBuilds
 from ember.control.loghub import LogHub
 from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
 from ember.control.scheduler.scheduler import Scheduler
 from ember.control.store import Store, sqlite_url
+from ember.imagefs.store import ChunkStore, open_store
 from ember.proto import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ class ControlPlane:
     dispatcher: Dispatcher
     scheduler: Scheduler
     logs: LogHub
+    chunks: ChunkStore
+    images: ImageBuilds
 
     @classmethod
     async def open(cls, data_dir: Path, clock: Clock | None = None) -> ControlPlane:
@@ -54,6 +59,7 @@ class ControlPlane:
         cluster = Cluster()
         dispatcher = Dispatcher(store, clock, cluster.definition, cluster.count_containers)
         scheduler = Scheduler(store, clock, cluster, dispatcher)
+        chunks = open_store(image_store_url(data_dir))
         plane = cls(
             store,
             LocalBlobStore(data_dir / "blobs"),
@@ -62,6 +68,8 @@ class ControlPlane:
             dispatcher,
             scheduler,
             LogHub(store),
+            chunks,
+            ImageBuilds(store, cluster, chunks, clock),
         )
         await plane.restore()
         return plane
@@ -111,6 +119,7 @@ class ControlPlane:
 
     async def close(self) -> None:
         await self.store.close()
+        self.chunks.close()
 
 
 async def serve(data_dir: Path, address: str, ready: asyncio.Event | None = None) -> None:

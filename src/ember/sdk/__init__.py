@@ -2,6 +2,7 @@
 
 from ember.sdk.app import App, DeployResult, LocalEntrypoint
 from ember.sdk.function import Function, FunctionCall
+from ember.sdk.image import Image
 from ember.sdk.output import enable_output
 from ember.sdk.retries import Retries
 
@@ -10,6 +11,7 @@ __all__ = [
     "DeployResult",
     "Function",
     "FunctionCall",
+    "Image",
     "LocalEntrypoint",
     "Retries",
     "enable_output",

@@ -30,6 +30,7 @@ from ember.sdk.retries import Retries
 
 if TYPE_CHECKING:
     from ember.client import Connection
+    from ember.sdk.image import Image
 
 HEARTBEAT_S = 5.0
 LOG_DRAIN_QUIET_S = 0.3  # at exit, keep showing logs until they have been quiet this long
@@ -122,8 +123,9 @@ class _RunningApp:
 class App:
     """A group of functions. Give it a name to deploy it; `ember run` also names it by its file."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, *, image: Image | None = None) -> None:
         self.name = name
+        self.image = image  # the image of functions that name none (default: debian_slim)
         self._functions: dict[str, Function] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
         self._running: _RunningApp | None = None
@@ -154,6 +156,7 @@ class App:
         max_containers: int | None = None,
         scaledown_window: float = 60,
         name: str | None = None,
+        image: Image | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Register a function to run in containers.
 
@@ -164,6 +167,7 @@ class App:
             retries: re-runs of a failed input (an int, or `ember.Retries` for backoff).
             min_containers, max_containers: bounds on the function's containers.
             scaledown_window: seconds a container may sit idle before it stops.
+            image: the image its containers run (default: the app's).
         """
         if _missing_parentheses is not None:
             raise errors.InvalidError("write @app.function() with parentheses")
@@ -182,6 +186,7 @@ class App:
                 min_containers=min_containers,
                 max_containers=max_containers,
                 scaledown_window=scaledown_window,
+                image=image,
             )
             if spec.name in self._functions:
                 raise errors.InvalidError(
@@ -217,8 +222,21 @@ class App:
         assert first.spec is not None
         return first.spec.module
 
-    def _definitions(self) -> list[Any]:
-        return [f.spec.to_proto() for f in self._functions.values() if f.spec is not None]
+    async def _definitions(self, conn: Connection) -> list[Any]:
+        """The functions' definitions, each with its image built (each image once)."""
+        from ember.sdk.image import Image
+
+        shown = console()
+        show = (lambda text: shown.file.write(text)) if shown is not None else None
+        built: dict[Image, str] = {}
+        definitions = []
+        for function in self._functions.values():
+            assert function.spec is not None
+            image = function.spec.image or self.image or Image.debian_slim()
+            if image not in built:
+                built[image] = await image._build(conn, show)
+            definitions.append(function.spec.to_proto(built[image]))
+        return definitions
 
     def _prepare_cluster(self) -> None:
         """Build the base image here, with progress, before a local cluster needs it."""
@@ -257,7 +275,7 @@ class App:
             api_pb2.AppPublishRequest(
                 app_id=created.app_id,
                 source_blob_id=source_blob_id,
-                functions=self._definitions(),
+                functions=await self._definitions(conn),
             ),
         )
         self.app_id = created.app_id
@@ -315,7 +333,7 @@ class App:
             api_pb2.AppDeployRequest(
                 name=name,
                 source_blob_id=await self._upload_source(conn),
-                functions=self._definitions(),
+                functions=await self._definitions(conn),
             ),
         )
         return DeployResult(response.app_id, response.version)

@@ -23,6 +23,7 @@ from ember.sdk.retries import Retries
 if TYPE_CHECKING:
     from ember.client import Connection
     from ember.proto import api_pb2
+    from ember.sdk.image import Image
 
 DEFAULT_CPU = 0.125
 DEFAULT_MEMORY_MB = 128
@@ -75,6 +76,7 @@ class FunctionSpec:
     max_containers: int = 0
     scaledown_window_s: float = 60.0
     is_generator: bool = False
+    image: Image | None = None  # None: the app's image
 
     @classmethod
     def build(
@@ -90,6 +92,7 @@ class FunctionSpec:
         min_containers: int,
         max_containers: int | None,
         scaledown_window: float,
+        image: Image | None = None,
     ) -> FunctionSpec:
         cpu_request, cpu_limit = _request_and_limit(cpu, DEFAULT_CPU, "cpu")
         memory_request, memory_limit = _request_and_limit(memory, DEFAULT_MEMORY_MB, "memory")
@@ -120,13 +123,15 @@ class FunctionSpec:
             max_containers=max_containers or 0,
             scaledown_window_s=float(scaledown_window),
             is_generator=inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f),
+            image=image,
         )
 
-    def to_proto(self) -> api_pb2.FunctionDefinition:
+    def to_proto(self, image_id: str = "") -> api_pb2.FunctionDefinition:
         from ember.proto import api_pb2
 
         return api_pb2.FunctionDefinition(
             name=self.name,
+            image_id=image_id,
             module=self.module,
             qualname=self.qualname,
             resources=api_pb2.Resources(

@@ -19,11 +19,15 @@ from pathlib import Path
 import grpc
 
 from ember import errors
+from ember.builder.build import BuildHost
 from ember.client import Connection
+from ember.client.blobs import download
 from ember.container import RuncRuntime, Runtime
+from ember.imagefs.store import open_store
 from ember.proto import api_pb2
+from ember.worker.builds import Builds
 from ember.worker.container_task import ContainerTask
-from ember.worker.images import BaseImageRoots, ImageRoots
+from ember.worker.images import ImageFSRoots
 from ember.worker.logs import LogShipper
 from ember.worker.package import compiled_package
 from ember.worker.sources import SourceCache
@@ -61,7 +65,7 @@ class Worker:
         self._runtime = runtime or RuncRuntime(self._dir / "runtime")
         self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
-        self._images: ImageRoots = BaseImageRoots()
+        self._images = ImageFSRoots(data_dir / "imagefs")
 
     @property
     def worker_id(self) -> str:
@@ -75,9 +79,20 @@ class Worker:
         removed = await self._runtime.cleanup_stale()
         if removed:
             log.info("removed %d containers left by a previous run", len(removed))
-        await self._images.prepare()
         self._ember_package = await asyncio.to_thread(compiled_package, self._dir / "package")
-        await self._register()
+        store_url = await self._register()
+        await self._images.prepare(store_url)
+        self._builds = Builds(
+            BuildHost(
+                runtime=self._runtime,
+                imagefs=self._images.client,
+                store=open_store(store_url),
+                work_dir=self._dir / "builds",
+                fetch_blob=lambda blob_id: download(self._conn, blob_id),
+                ember_package=self._ember_package,
+            ),
+            self._conn,
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._take_orders())
@@ -87,7 +102,8 @@ class Worker:
             await self.stop_all()
             await self._conn.close()
 
-    async def _register(self) -> None:
+    async def _register(self) -> str:
+        """Register (again) with the control plane; returns the URL of its image store."""
         id_file = self._dir / "worker_id"
         previous = id_file.read_text().strip() if id_file.exists() else ""
         response = await self._conn.call(
@@ -108,6 +124,7 @@ class Worker:
             self._resources.cpu,
             self._resources.memory_mb,
         )
+        return response.image_store_url
 
     async def _take_orders(self) -> None:
         while True:
@@ -124,7 +141,10 @@ class Worker:
                 await self._register()
 
     def _obey(self, order: api_pb2.WorkerOrder) -> None:
-        if order.WhichOneof("order") == "start":
+        kind = order.WhichOneof("order")
+        if kind == "build":
+            self._builds.start(order.build)
+        elif kind == "start":
             spec = order.start
             task = ContainerTask(
                 spec,

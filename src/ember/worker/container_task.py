@@ -25,6 +25,7 @@ from ember.client import Connection
 from ember.client.blobs import from_payload, to_payload
 from ember.client.connection import stream_ended
 from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
+from ember.imagefs.client import PreparedImage
 from ember.proto import api_pb2
 from ember.proto import harness_frames as frames
 from ember.worker.harness_link import HarnessLink
@@ -80,6 +81,7 @@ class ContainerTask:
         self.task: asyncio.Task[None] | None = None
         self._finishing: asyncio.Future[None] | None = None
         self._stream: Any = None  # the exchange stream, once opened
+        self._image: PreparedImage | None = None
 
     @property
     def container_id(self) -> str:
@@ -163,8 +165,8 @@ class ContainerTask:
         source = await self._sources.ensure(self.spec.source_blob_id)
         self._socket_dir.mkdir(parents=True, exist_ok=True)
         await link.listen(self._socket_dir / "harness.sock")
-        image_root = await self._images.root_for(definition)
-        await self._runtime.start(self._config(image_root, source))
+        self._image = await self._images.root_for(definition.image_id)
+        await self._runtime.start(self._config(self._image, source))
         self._logs.watch(
             self.container_id,
             ContainerLogs(
@@ -189,17 +191,20 @@ class ContainerTask:
         self._ready = True
         return await self._serve(link)
 
-    def _config(self, image_root: Path, source: Path) -> ContainerConfig:
+    def _config(self, image: PreparedImage, source: Path) -> ContainerConfig:
         resources = self.spec.function.resources
+        image_path = image.config.env.get("PYTHONPATH")
         return ContainerConfig(
             container_id=self.container_id,
-            image_root=image_root,
-            args=["python3", "-m", "ember.harness"],
+            image_root=image.metadata,
+            data_layers=image.data_layers,
+            args=[image.config.python, "-m", "ember.harness"],
             env={
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "HOME": "/root",
                 "LANG": "C.UTF-8",
-                "PYTHONPATH": f"{SOURCE_DIR}:/opt/ember",
+                **image.config.env,
+                "PYTHONPATH": ":".join(filter(None, [SOURCE_DIR, image_path, "/opt/ember"])),
                 "PYTHONUNBUFFERED": "1",
                 "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
                 "EMBER_SOURCE_DIR": SOURCE_DIR,
@@ -208,7 +213,7 @@ class ContainerTask:
                 "EMBER_CONTAINER_ID": self.container_id,
             },
             hostname=self.container_id,
-            cwd="/root",
+            cwd=image.config.workdir or "/",
             mounts=(
                 BindMount(source, SOURCE_DIR, readonly=True),
                 BindMount(self._ember_package, "/opt/ember/ember", readonly=True),
@@ -344,4 +349,9 @@ class ContainerTask:
                 await self._exchange(want=0, wait_s=0)
                 continue
             self._results.append(result)
+            assert self._image is not None
+            if not self._image.recorded:  # the first start of this image has done its reading
+                self._image = self._image.as_recorded()
+                image_id = self.spec.function.image_id
+                self._images.first_start_done(image_id, self._image)
             return None

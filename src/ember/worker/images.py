@@ -1,36 +1,88 @@
 """Where a container's root file system comes from: the one seam between the worker and images.
 
-Every function runs on the ember base image for now (`BaseImageRoots`). Images defined in code,
-stored by content and served lazily, replace what stands behind `ImageRoots` without the rest
-of the worker changing.
+Images live in the chunk store; the host's imagefs daemon (started here, or found running from
+before a worker restart) fetches each image's metadata, mounts it, and serves content lazily.
+The first start of an image records which chunks it read, so that later cold starts on any host
+prefetch exactly those while the container starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Protocol
 
-from ember.builder import ensure_base_image
-from ember.proto import api_pb2
+from ember.errors import ConnectionError, InvalidError
+from ember.imagefs.client import ImageFSClient, PreparedImage
+
+log = logging.getLogger(__name__)
+
+# How long a first start may read before its recording is saved regardless.
+RECORD_LIMIT_S = 120.0
 
 
 class ImageRoots(Protocol):
-    """Lifecycle: `prepare()` once when the worker starts (it may build or fetch for a long
-    time), then `root_for()` on every container start (it must be fast)."""
+    """Lifecycle: `prepare(store_url)` once the worker knows its control plane's chunk store,
+    then `root_for()` on every container start (fast once the image is on the host), and
+    `first_start_done()` when a start that `root_for` asked to record has done its reading."""
 
-    async def prepare(self) -> None: ...
+    async def prepare(self, store_url: str) -> None: ...
 
-    async def root_for(self, function: api_pb2.FunctionDefinition) -> Path:
-        """The read-only root file system for the function's image (the overlay's lower dir)."""
-        ...
+    async def root_for(self, image_id: str) -> PreparedImage: ...
+
+    def first_start_done(self, image_id: str, prepared: PreparedImage) -> None: ...
 
 
-class BaseImageRoots:
-    """Every function on the ember base image (built once per machine)."""
+def cache_limit_bytes(root: Path) -> int:
+    """`EMBER_IMAGE_CACHE_BYTES`, or half the free space of the cache's file system."""
+    configured = os.environ.get("EMBER_IMAGE_CACHE_BYTES")
+    if configured:
+        return int(configured)
+    root.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(root).free // 2
 
-    async def prepare(self) -> None:
-        await asyncio.to_thread(ensure_base_image)
 
-    async def root_for(self, function: api_pb2.FunctionDefinition) -> Path:
-        return ensure_base_image()  # cached by prepare(): microseconds
+class ImageFSRoots:
+    def __init__(self, cache_root: Path) -> None:
+        self.client = ImageFSClient(cache_root)
+        self._store_url = ""
+        self._recording: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def prepare(self, store_url: str) -> None:
+        self._store_url = store_url
+        await self.client.ensure_daemon(store_url, cache_limit_bytes(self.client.root))
+
+    async def root_for(self, image_id: str) -> PreparedImage:
+        if not image_id:
+            raise InvalidError("the function names no image; deploy it again with this client")
+        try:
+            prepared = await self.client.prepare(image_id)
+        except ConnectionError:  # the daemon died (or was stopped): start a new one
+            log.warning("the imagefs daemon is gone; starting it again")
+            await self.prepare(self._store_url)
+            prepared = await self.client.prepare(image_id)
+        if not prepared.recorded and image_id not in self._recording:
+            self._recording.add(image_id)
+            loop = asyncio.get_running_loop()
+            loop.call_later(RECORD_LIMIT_S, self.first_start_done, image_id, prepared)
+            return prepared
+        return prepared.as_recorded()
+
+    def first_start_done(self, image_id: str, prepared: PreparedImage) -> None:
+        """Save what the image's first start on this host read (once, in the background)."""
+        if image_id in self._recording:
+            self._recording.discard(image_id)
+            task = asyncio.ensure_future(self._record(image_id, prepared))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, image_id: str, prepared: PreparedImage) -> None:
+        try:
+            chunks = await self.client.record(image_id, prepared.since)
+            log.info("image %s: recorded %d chunks read by its first start", image_id, chunks)
+        except Exception as error:  # only later starts' prefetching suffers
+            log.warning("image %s: recording its reads failed: %s", image_id, error)

@@ -308,3 +308,59 @@ class EmberService(api_pb2_grpc.EmberServicer):
                 )
             )
         return api_pb2.ClusterStatusResponse(workers=summaries)
+
+    # ---- images
+
+    @translate_errors
+    async def ImageBuild(
+        self, request: api_pb2.ImageBuildRequest, context: Context
+    ) -> AsyncIterator[api_pb2.ImageBuildEvent]:
+        async for event in self._plane.images.build(list(request.steps)):
+            yield event
+
+    @translate_errors
+    async def ImageList(
+        self, request: api_pb2.ImageListRequest, context: Context
+    ) -> api_pb2.ImageListResponse:
+        records = await self._plane.store.images.list()
+        return api_pb2.ImageListResponse(
+            images=[
+                api_pb2.ImageInfo(
+                    image_id=r.image_id,
+                    parent_id=r.parent_id,
+                    step=r.step,
+                    size_bytes=r.size_bytes,
+                    files=r.files,
+                    created_at=r.created_at,
+                )
+                for r in records
+            ]
+        )
+
+    @translate_errors
+    async def ImageGet(
+        self, request: api_pb2.ImageGetRequest, context: Context
+    ) -> api_pb2.ImageGetResponse:
+        store = self._plane.store.images
+        record = await store.get(request.image_id)
+        if record is None:
+            raise errors.NotFoundError(f"image {request.image_id!r} not found")
+        steps, ancestor = [], record
+        while ancestor is not None:
+            steps.insert(0, ancestor.step)
+            ancestor = await store.get(ancestor.parent_id) if ancestor.parent_id else None
+        info = await self._plane.images.info(record)
+        return api_pb2.ImageGetResponse(image=info, steps=steps)
+
+    @translate_errors
+    async def ImageDelete(
+        self, request: api_pb2.ImageDeleteRequest, context: Context
+    ) -> api_pb2.ImageDeleteResponse:
+        cluster = self._plane.cluster
+        in_use = {
+            info.definition.image_id
+            for info in cluster.functions.values()
+            if info.app_id in cluster.live_apps
+        }
+        removed = await self._plane.images.delete(request.image_id, in_use)
+        return api_pb2.ImageDeleteResponse(chunks_removed=removed)

@@ -42,7 +42,9 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         else:
             workers[worker_id] = LiveWorker(worker_id, request.hostname, cpu, memory_mb, now)
         self._plane.scheduler.poke()
-        return api_pb2.WorkerRegisterResponse(worker_id=worker_id)
+        return api_pb2.WorkerRegisterResponse(
+            worker_id=worker_id, image_store_url=self._plane.chunks.url
+        )
 
     @translate_errors
     async def WorkerOrders(
@@ -122,3 +124,10 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
             ]
         )
         return api_pb2.LogsPutResponse()
+
+    @translate_errors
+    async def BuildReport(
+        self, request: api_pb2.BuildReportRequest, context: Context
+    ) -> api_pb2.BuildReportResponse:
+        self._plane.images.report(request)
+        return api_pb2.BuildReportResponse()

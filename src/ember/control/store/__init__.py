@@ -1,7 +1,7 @@
 """The control plane's store: every piece of state, in SQL, through one layer.
 
 `Store.open(url)` connects (SQLite by default, PostgreSQL by URL), migrates the schema to the
-newest version, and exposes one object per concern: `apps`, `calls`, `cluster`, `logs`.
+newest version, and exposes one object per concern: `apps`, `calls`, `cluster`, `logs`, `images`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ember.control.store.calls import (
 )
 from ember.control.store.cluster import ClusterStore, Container, Worker
 from ember.control.store.engine import Engine, open_engine, sqlite_url
+from ember.control.store.images import ImageRecord, ImageStore
 from ember.control.store.logs import LogLine, LogStore
 
 
@@ -33,12 +34,18 @@ class Store:
     calls: CallStore
     cluster: ClusterStore
     logs: LogStore
+    images: ImageStore
 
     @classmethod
     async def open(cls, url: str) -> Store:
         engine = await open_engine(url)
         return cls(
-            engine, AppStore(engine), CallStore(engine), ClusterStore(engine), LogStore(engine)
+            engine,
+            AppStore(engine),
+            CallStore(engine),
+            ClusterStore(engine),
+            LogStore(engine),
+            ImageStore(engine),
         )
 
     async def close(self) -> None:
@@ -52,6 +59,7 @@ __all__ = [
     "Container",
     "FinalResult",
     "Function",
+    "ImageRecord",
     "LeasedInput",
     "LogLine",
     "NewInput",

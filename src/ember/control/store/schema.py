@@ -131,3 +131,22 @@ logs = sa.Table(
     sa.Index("ix_logs_app", "app_id", "id"),
     sqlite_autoincrement=True,
 )
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),  # `im-`: derived from the manifest's bytes
+    sa.Column("parent_id", sa.String, nullable=False, server_default=""),
+    sa.Column("step", sa.String, nullable=False),  # a readable description of its last step
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("files", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# A step's cache key (its parent's key and its own definition) -> the image it built.
+image_steps = sa.Table(
+    "image_steps",
+    metadata,
+    sa.Column("cache_key", sa.String, primary_key=True),
+    sa.Column("image_id", sa.String, sa.ForeignKey("images.id"), nullable=False, index=True),
+)

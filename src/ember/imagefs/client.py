@@ -1,0 +1,143 @@
+"""The worker's side of the host's imagefs daemon: start it if needed, then ask it for images.
+
+The daemon runs in a session of its own so a worker restart leaves it running; a new worker
+finds it through its socket. `stop_daemon` is for shutting the whole host down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ember import errors
+from ember.imagefs.daemon import PID_NAME, SOCKET_NAME
+from ember.imagefs.manifest import ImageConfig
+
+_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What a container of the image needs: the overlay layers and the image's config."""
+
+    metadata: Path  # the mounted erofs metadata image: overlay's lower layer
+    data_layers: tuple[Path, ...]  # then the host's objects, then the FUSE mount
+    config: ImageConfig
+    recorded: bool  # a start of this image has recorded its reads (anywhere)
+    since: float  # the daemon's clock when prepared: the start of a recording
+
+    def as_recorded(self) -> PreparedImage:
+        return replace(self, recorded=True)
+
+
+class ImageFSClient:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._socket = root / SOCKET_NAME
+
+    async def request(self, op: str, **arguments: object) -> dict:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self._socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise errors.ConnectionError("the imagefs daemon is not running") from None
+        try:
+            writer.write(json.dumps({"op": op, **arguments}).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+        if not line:
+            raise errors.ConnectionError("the imagefs daemon closed the connection")
+        answer = json.loads(line)
+        if not answer.pop("ok"):
+            kind = getattr(errors, answer["kind"], errors.ExecutionError)
+            raise kind(answer["message"])
+        return answer
+
+    async def ensure_daemon(self, store_url: str, limit_bytes: int) -> None:
+        """Reuse the running daemon, or start one and wait until it answers."""
+        try:
+            await self.request("ping")
+            return
+        except errors.ConnectionError:
+            pass
+        self.root.mkdir(parents=True, exist_ok=True)
+        log_file = (self.root / "daemon.log").open("ab")
+        command = [sys.executable, "-m", "ember.imagefs.daemon", "--root", str(self.root)]
+        command += ["--store", store_url, "--limit-bytes", str(limit_bytes)]
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log_file.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise errors.ExecutionError(
+                    f"the imagefs daemon exited with code {process.returncode}; "
+                    f"see {self.root / 'daemon.log'}"
+                )
+            try:
+                await self.request("ping")
+                return
+            except errors.ConnectionError:
+                await asyncio.sleep(0.05)
+        raise errors.ExecutionError(
+            f"the imagefs daemon did not start; see {self.root / 'daemon.log'}"
+        )
+
+    async def prepare(self, image_id: str) -> PreparedImage:
+        answer = await self.request("prepare", image=image_id)
+        return PreparedImage(
+            Path(answer["metadata"]),
+            tuple(Path(p) for p in answer["data_layers"]),
+            ImageConfig(**answer["config"]),
+            answer["recorded"],
+            answer["now"],
+        )
+
+    async def record(self, image_id: str, since: float) -> int:
+        """Save the chunks fetched since `since` as what a start of the image reads."""
+        return (await self.request("record", image=image_id, since=since))["chunks"]
+
+    async def stats(self) -> dict:
+        return await self.request("stats")
+
+    async def collect(self, keep: set[str]) -> int:
+        return (await self.request("collect", keep=sorted(keep)))["objects_removed"]
+
+
+def stop_daemon(root: Path, timeout: float = 10.0) -> None:
+    """Stop the daemon under `root`, if one runs, and wait for it to unmount and exit."""
+    try:
+        pid = int((root / PID_NAME).read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.02)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive and not a zombie (the worker that started it may not reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -1,0 +1,139 @@
+"""`S3ChunkStore`: the chunk store on any S3-compatible object storage (AWS S3, MinIO, Ceph...).
+
+Why: builders and workers on different hosts need one shared store, and S3 is what every cluster
+can get. What: `s3://bucket[/prefix]?endpoint_url=http://host:port&region=us-east-1` (query
+optional), credentials from boto3's usual sources (`AWS_ACCESS_KEY_ID`...). A PUT replaces an
+object whole, so readers never see half a value; values are immutable, so `put` just writes again.
+One thread-safe client with a pool big enough for the fetcher's threads serves every call. The
+bucket must exist (checked at open, never created here). Only this module imports boto3.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from ember.errors import InvalidError, NotFoundError
+from ember.imagefs.store import check_key
+
+# One session for all stores: a client from a warm session takes ms, from a new one ~100 ms.
+# Sessions are not thread-safe, so clients are made under the lock (clients themselves are).
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
+
+
+class S3ChunkStore:
+    _page_size = 1000  # keys per LIST request (S3's maximum); tests make it small
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        global _session
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        path = f"/{self.prefix}" if self.prefix else ""
+        query = urlencode(
+            {k: v for k, v in [("endpoint_url", endpoint_url), ("region", region)] if v}
+        )
+        self.url = f"s3://{bucket}{path}" + (f"?{query}" if query else "")
+        config = Config(
+            max_pool_connections=64,  # the fetcher runs ~32 threads: none should wait for a socket
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            # Checksum trailers on every request trip up many S3-compatible servers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            # Path style (`host/bucket/key`): what MinIO and friends on a bare host:port expect.
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
+        with _session_lock:
+            _session = _session or boto3.session.Session()
+            self._client: Any = _session.client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchBucket", "NotFound"):
+                raise self._no_bucket() from None
+            if _code(e) != "403":  # may use objects yet not head the bucket: carry on
+                raise
+
+    @classmethod
+    def from_url(cls, url: str) -> S3ChunkStore:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise InvalidError(f"invalid S3 chunk store URL {url!r}: use s3://bucket[/prefix]")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if unknown := set(query) - {"endpoint_url", "region"}:
+            raise InvalidError(f"unknown parameters {sorted(unknown)} in chunk store URL {url!r}")
+        endpoint_url, region = query.get("endpoint_url"), query.get("region")
+        return cls(parts.netloc, parts.path, endpoint_url=endpoint_url, region=region)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+
+    def _no_bucket(self) -> NotFoundError:
+        return NotFoundError(
+            f"S3 bucket {self.bucket!r} does not exist (chunk store {self.url}); create it first"
+        )
+
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as e:
+            if _code(e) == "NoSuchBucket":
+                raise self._no_bucket() from None
+            if _code(e) in ("NoSuchKey", "404", "NotFound"):
+                raise NotFoundError(f"{key} is not in the chunk store at {self.url}") from None
+            raise
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._errors(key):
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        with self._errors(key):
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            with self._errors(key):  # HEAD has no body: a missing bucket reads as a missing key
+                self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except NotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=base + prefix, PaginationConfig={"PageSize": self._page_size}
+        )
+        with self._errors(prefix):
+            for page in pages:
+                yield from (item["Key"][len(base) :] for item in page.get("Contents", []))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,412 @@
+"""`ember.Image`: a container image defined in code, as a chain of build steps.
+
+    image = (
+        ember.Image.debian_slim(python_version="3.11")
+        .apt_install("curl")
+        .pip_install("numpy<3")
+        .env({"MODEL_DIR": "/models"})
+        .add_local_dir("./assets", "/assets")
+    )
+
+    @app.function(image=image)
+    def f(): ...
+
+Each method returns a new image one step longer; nothing runs until an app that uses the image
+runs or deploys. Then the control plane builds the steps it has not built before, on a worker, and
+streams their output here. Local files enter the image by content: an unchanged file leaves the
+step a cache hit, a changed one rebuilds from that step on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ember import errors
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ember.client import Connection
+    from ember.proto import api_pb2
+
+PythonVersions = ("3.11", "3.13")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One build step as the user wrote it; `files` and `function` are read when it builds."""
+
+    kind: str
+    python_version: str = ""
+    reference: str = ""
+    username: str = ""
+    password: str = ""
+    commands: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    target: str = ""
+    files: tuple[tuple[Path, str], ...] = ()  # copy: (local path, path inside the target)
+    function: Callable[..., Any] | None = None
+    force_build: bool = False
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image definition. Start with `Image.debian_slim()` or `Image.from_registry()`."""
+
+    _steps: tuple[_Step, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        return f"<ember.Image {len(self._steps)} steps>"
+
+    # ---- starting points
+
+    @staticmethod
+    def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
+        """Debian with Python (3.11 on bookworm, 3.13 on trixie), pip, and what ember needs."""
+        version = python_version or "3.11"
+        if version not in PythonVersions:
+            raise errors.InvalidError(
+                f"debian_slim has no Python {version!r}; use one of {', '.join(PythonVersions)}"
+            )
+        return Image((_Step("base", python_version=version, force_build=force_build),))
+
+    @staticmethod
+    def from_registry(
+        tag: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        force_build: bool = False,
+    ) -> Image:
+        """An image from a container registry ("python:3.11-slim", "host:5000/team/app:v2").
+        It needs `python3` on its PATH; ember brings its own runtime's other requirements."""
+        if not tag or any(c.isspace() for c in tag):
+            raise errors.InvalidError(f"invalid image reference {tag!r}")
+        step = _Step(
+            "registry",
+            reference=tag,
+            username=username or "",
+            password=password or "",
+            force_build=force_build,
+        )
+        return Image((step,))
+
+    @staticmethod
+    def from_dockerfile(
+        path: str | os.PathLike[str],
+        context_dir: str | os.PathLike[str] | None = None,
+        force_build: bool = False,
+    ) -> Image:
+        """An image from a Dockerfile's common instructions (FROM, RUN, ENV, WORKDIR, COPY/ADD
+        of local files, ARG); COPY sources are relative to `context_dir` (default: its folder)."""
+        from pathlib import Path
+
+        from ember.sdk.dockerfile import image_from_dockerfile
+
+        return image_from_dockerfile(Path(path), context_dir and Path(context_dir), force_build)
+
+    # ---- steps
+
+    def _then(self, step: _Step) -> Image:
+        return Image((*self._steps, step))
+
+    def run_commands(self, *commands: str | Sequence[str], force_build: bool = False) -> Image:
+        """Run shell commands in the image, in order (with network access)."""
+        flat = tuple(_flatten(commands))
+        if not flat:
+            return self
+        return self._then(_Step("run", commands=flat, force_build=force_build))
+
+    def apt_install(self, *packages: str | Sequence[str], force_build: bool = False) -> Image:
+        names = " ".join(shlex.quote(p) for p in _flatten(packages))
+        if not names:
+            return self
+        command = f"apt-get update -q && apt-get install -y -q --no-install-recommends {names}"
+        return self.run_commands(command, force_build=force_build)
+
+    def pip_install(
+        self,
+        *packages: str | Sequence[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+    ) -> Image:
+        """`pip install` packages ("numpy<3", "torch==2.13.0") into the image's Python."""
+        names = [shlex.quote(p) for p in _flatten(packages)]
+        if not names:
+            return self
+        options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
+        command = " ".join(["python3 -m pip install --no-cache-dir", *options, *names])
+        return self.run_commands(command, force_build=force_build)
+
+    def uv_pip_install(
+        self,
+        *packages: str | Sequence[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+    ) -> Image:
+        """Install packages with uv (installed into the image first): faster for large sets."""
+        names = [shlex.quote(p) for p in _flatten(packages)]
+        if not names:
+            return self
+        options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
+        install_uv = "python3 -m pip install --no-cache-dir -q uv"
+        install = " ".join(["uv pip install --system --no-cache", *options, *names])
+        return self.run_commands(f"{install_uv} && {install}", force_build=force_build)
+
+    def pip_install_from_requirements(
+        self,
+        requirements_txt: str | os.PathLike[str],
+        find_links: str | None = None,
+        *,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+    ) -> Image:
+        """`pip install -r` a local requirements file (copied into the image first)."""
+        from pathlib import Path
+
+        local = Path(requirements_txt).expanduser()
+        if not local.is_file():
+            raise errors.InvalidError(f"requirements file {str(local)!r} not found")
+        inside = "/tmp/ember-requirements.txt"
+        options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
+        command = " ".join(
+            ["python3 -m pip install --no-cache-dir", *options, "-r", inside, f"&& rm {inside}"]
+        )
+        copied = self.add_local_file(local, inside, force_build=force_build)
+        return copied.run_commands(command, force_build=force_build)
+
+    def env(self, vars: dict[str, str], force_build: bool = False) -> Image:
+        """Set environment variables for the steps after this one and for the containers."""
+        bad = [k for k, v in vars.items() if not isinstance(v, str) or not k or "=" in k]
+        if bad:
+            raise errors.InvalidError(f"env() takes str names and values; check {bad!r}")
+        return self._then(_Step("config", env=tuple(sorted(vars.items())), force_build=force_build))
+
+    def workdir(self, path: str | os.PathLike[str], force_build: bool = False) -> Image:
+        """The working directory of later steps and of the containers (made if missing)."""
+        text = str(path)
+        if not text.startswith("/"):
+            raise errors.InvalidError(f"workdir needs an absolute path; got {text!r}")
+        return self._then(_Step("config", workdir=text, force_build=force_build))
+
+    def run_function(self, raw_f: Callable[[], Any], force_build: bool = False) -> Image:
+        """Call `raw_f()` in the image at build time; the files it writes are part of the image
+        (download model weights here). It must be importable or picklable by value."""
+        if not callable(raw_f):
+            raise errors.InvalidError(f"run_function needs a function; got {raw_f!r}")
+        return self._then(_Step("function", function=raw_f, force_build=force_build))
+
+    def add_local_file(
+        self,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        copy: bool = True,
+        force_build: bool = False,
+    ) -> Image:
+        """Put a local file into the image at `remote_path` (a path ending in / is a folder)."""
+        from pathlib import Path
+
+        local = Path(local_path).expanduser()
+        if not local.is_file():
+            raise errors.InvalidError(f"local file {str(local)!r} not found")
+        if not remote_path.startswith("/"):
+            raise errors.InvalidError(f"remote_path must be absolute; got {remote_path!r}")
+        if remote_path.endswith("/"):
+            remote_path += local.name
+        folder, name = remote_path.rsplit("/", 1)
+        step = _Step("copy", target=folder or "/", files=((local, name),), force_build=force_build)
+        return self._then(step)
+
+    def add_local_dir(
+        self,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        copy: bool = True,
+        ignore: Sequence[str] = ("__pycache__", ".git"),
+        force_build: bool = False,
+    ) -> Image:
+        """Put a local folder's contents into the image at `remote_path`."""
+        from pathlib import Path
+
+        local = Path(local_path).expanduser()
+        if not local.is_dir():
+            raise errors.InvalidError(f"local folder {str(local)!r} not found")
+        if not remote_path.startswith("/"):
+            raise errors.InvalidError(f"remote_path must be absolute; got {remote_path!r}")
+        files = tuple(_files_under(local, set(ignore)))
+        return self._then(_Step("copy", target=remote_path, files=files, force_build=force_build))
+
+    def add_local_python_source(self, *modules: str, copy: bool = True) -> Image:
+        """Put local Python modules or packages into the image's /root, which is importable."""
+        import importlib.util
+        from pathlib import Path
+
+        image = self
+        for module in modules:
+            spec = importlib.util.find_spec(module)
+            if spec is None or spec.origin is None:
+                raise errors.InvalidError(f"no local Python module or package named {module!r}")
+            origin = Path(spec.origin)
+            if spec.submodule_search_locations:  # a package: its whole folder
+                image = image.add_local_dir(origin.parent, f"/root/{module}")
+            else:
+                image = image.add_local_file(origin, f"/root/{origin.name}")
+        return image
+
+    # ---- in user code
+
+    @contextlib.contextmanager
+    def imports(self) -> Iterator[None]:
+        """Import the image's packages at module level without having them locally:
+
+            with image.imports():
+                import torch
+
+        Outside a container a failed import is skipped; inside one it raises as usual.
+        """
+        try:
+            yield
+        except ImportError:
+            if os.environ.get("EMBER_CONTAINER_ID"):
+                raise
+
+    # ---- building
+
+    async def _build(self, conn: Connection, show: Callable[[str], None] | None) -> str:
+        """Build what is not built yet (on the cluster); returns the image id."""
+        import grpc
+
+        from ember.client.connection import error_from_rpc
+        from ember.proto import api_pb2
+
+        if not self._steps:
+            raise errors.InvalidError("an empty Image; start with Image.debian_slim()")
+        steps = [await _step_proto(conn, step) for step in self._steps]
+        built = ""
+        try:
+            async for event in conn.ember.ImageBuild(api_pb2.ImageBuildRequest(steps=steps)):
+                kind = event.WhichOneof("event")
+                if kind == "built":
+                    built = event.built.image_id
+                elif show is not None and kind == "step_started":
+                    show(f"{event.step_started}{' (cached)' if event.cached else ''}\n")
+                elif show is not None and kind == "output":
+                    show(event.output)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error) from None
+        if not built:
+            raise errors.ExecutionError("the image build ended without an image")
+        return built
+
+
+async def _step_proto(conn: Connection, step: _Step) -> api_pb2.ImageStep:
+    from ember.client.blobs import upload
+    from ember.proto import api_pb2
+
+    message = api_pb2.ImageStep(
+        kind=step.kind,
+        python_version=step.python_version,
+        reference=step.reference,
+        registry_username=step.username,
+        registry_password=step.password,
+        commands=list(step.commands),
+        env=dict(step.env),
+        workdir=step.workdir,
+        target=step.target,
+        force_build=step.force_build,
+    )
+    if step.kind == "copy":
+        data, digest = _tar_files(step.files)
+        message.blob_id = await upload(conn, data)
+        message.content_digest = digest
+    elif step.kind == "function":
+        import blake3
+        import cloudpickle
+
+        data = cloudpickle.dumps(step.function)
+        message.blob_id = await upload(conn, data)
+        message.content_digest = blake3.blake3(data).hexdigest()
+    return message
+
+
+def _tar_files(files: tuple[tuple[Path, str], ...]) -> tuple[bytes, str]:
+    """A tar of the files, and a digest of their names, modes and content (not their times:
+    touching a file does not rebuild)."""
+    import io
+    import tarfile
+
+    import blake3
+
+    buffer = io.BytesIO()
+    hasher = blake3.blake3()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for local, name in sorted(files, key=lambda pair: pair[1]):
+            data = local.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = local.stat().st_mode & 0o7777
+            info.mtime = int(local.stat().st_mtime)
+            archive.addfile(info, io.BytesIO(data))
+            hasher.update(f"{name}\0{info.mode}\0{len(data)}\0".encode())
+            hasher.update(data)
+    return buffer.getvalue(), hasher.hexdigest()
+
+
+def _files_under(root: Path, ignore: set[str]) -> Iterator[tuple[Path, str]]:
+    from pathlib import Path
+    for directory, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ignore)
+        for name in sorted(filenames):
+            if name in ignore:
+                continue
+            path = Path(directory) / name
+            if path.is_file():
+                yield path, path.relative_to(root).as_posix()
+
+
+def _flatten(items: Sequence[str | Sequence[str]]) -> Iterator[str]:
+    for item in items:
+        if isinstance(item, str):
+            yield item
+        else:
+            yield from _flatten(item)
+
+
+def _pip_options(
+    find_links: str | None,
+    index_url: str | None,
+    extra_index_url: str | None,
+    pre: bool,
+    extra_options: str,
+) -> list[str]:
+    options = []
+    if find_links:
+        options += ["--find-links", shlex.quote(find_links)]
+    if index_url:
+        options += ["--index-url", shlex.quote(index_url)]
+    if extra_index_url:
+        options += ["--extra-index-url", shlex.quote(extra_index_url)]
+    if pre:
+        options.append("--pre")
+    if extra_options:
+        options.append(extra_options)
+    return options

@@ -1,0 +1,176 @@
+"""The host cache: lazy fetches by chunk, verification, one fetch per chunk, LRU, prefetch."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ember.imagefs import content, manifest
+from ember.imagefs.cache import ImageCache
+from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
+from ember.imagefs.pack import pack_tree
+from ember.imagefs.store import LocalChunkStore
+
+
+class CountingStore(LocalChunkStore):
+    """A local store that counts gets and can corrupt the next `corrupt` chunk reads."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets: list[str] = []
+        self.corrupt = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes:
+        data = super().get(key)
+        with self._lock:
+            self.gets.append(key)
+            if key.startswith("chunks/") and self.corrupt > 0:
+                self.corrupt -= 1
+                return data[:-1] + bytes([data[-1] ^ 1])
+        return data
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[CountingStore, str, Path]:
+    tree = tmp_path / "tree"
+    (tree / "lib").mkdir(parents=True)
+    for i in range(20):
+        (tree / f"lib/small{i}.py").write_text(f"x = {i}\n" * 50)
+    (tree / "lib/big.so").write_bytes(os.urandom(4 * CHUNK_SIZE))
+    store = CountingStore(tmp_path / "store")
+    built, _ = pack_tree(tree, store)
+    return store, manifest.save(store, built), tree
+
+
+def digest_of(tree: Path, path: str) -> str:
+    return content.digest((tree / path).read_bytes())
+
+
+def new_cache(tmp_path: Path, store: CountingStore, limit: int = 1 << 30) -> ImageCache:
+    return ImageCache(tmp_path / "cache", store, limit)
+
+
+def chunk_gets(store: CountingStore) -> int:
+    return sum(1 for key in store.gets if key.startswith("chunks/"))
+
+
+def test_opening_a_small_file_fetches_its_pack_and_every_object_in_it(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    path = cache.ensure_object(digest_of(tree, "lib/small3.py"))
+    assert path.read_bytes() == (tree / "lib/small3.py").read_bytes()
+    assert chunk_gets(store) == 1
+    # Its neighbours came with it: no more fetches.
+    cache.ensure_object(digest_of(tree, "lib/small17.py"))
+    assert chunk_gets(store) == 1
+
+
+def test_reading_a_page_of_a_large_file_fetches_one_chunk(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    digest = digest_of(tree, "lib/big.so")
+    offset = 2 * CHUNK_SIZE + 5000
+    assert cache.read(digest, offset, 4096) == (tree / "lib/big.so").read_bytes()[offset:][:4096]
+    assert chunk_gets(store) == 1
+    assert not cache.object_file(digest).exists()  # still partial
+    whole = cache.read(digest, 0, 4 * CHUNK_SIZE)
+    assert whole == (tree / "lib/big.so").read_bytes()
+    assert chunk_gets(store) == 4
+    assert cache.object_file(digest).read_bytes() == whole  # complete: promoted
+
+
+def test_concurrent_readers_of_a_chunk_fetch_it_once(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    digest = digest_of(tree, "lib/big.so")
+    with ThreadPoolExecutor(16) as pool:
+        reads = list(pool.map(lambda _: cache.read(digest, 100, 1000), range(64)))
+    assert len(set(reads)) == 1
+    assert chunk_gets(store) == 1
+
+
+def test_a_corrupted_chunk_is_fetched_again_and_never_served(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    store.corrupt = 1  # the first read comes back damaged, the second is fine
+    path = cache.ensure_object(digest_of(tree, "lib/small1.py"))
+    assert path.read_bytes() == (tree / "lib/small1.py").read_bytes()
+    assert cache.stats.corrupt_chunks == 1 and chunk_gets(store) == 2
+
+    store.corrupt = 100  # damaged for good: an error, and nothing written
+    with pytest.raises(CorruptChunkError):
+        cache.read(digest_of(tree, "lib/big.so"), 0, 10)
+    assert not cache.object_file(digest_of(tree, "lib/big.so")).exists()
+    assert list(cache.partial.iterdir()) == []
+
+
+def test_the_cache_stays_under_its_limit_dropping_least_recently_used(image, tmp_path) -> None:
+    store, image_id, tree = image
+    limit = 4 * CHUNK_SIZE + 1000  # big.so and a few small files
+    cache = new_cache(tmp_path, store, limit=limit)
+    cache.load_image(image_id)
+    small = cache.ensure_object(digest_of(tree, "lib/small0.py"))  # all 20 arrive together
+    big = digest_of(tree, "lib/big.so")
+    cache.read(big, 0, 4 * CHUNK_SIZE)
+    assert cache.used_bytes <= limit
+    assert not small.exists()  # the least recently used went first
+    assert cache.object_file(big).exists()
+    assert cache.stats.evicted_objects > 0
+    # An evicted object is fetched again when wanted.
+    assert cache.ensure_object(digest_of(tree, "lib/small0.py")).exists()
+
+
+def test_a_first_start_records_its_reads_and_another_host_prefetches_them(
+    image, tmp_path
+) -> None:
+    store, image_id, tree = image
+    first = ImageCache(tmp_path / "host1", store, 1 << 30)
+    loaded = first.load_image(image_id)
+    since = 0.0
+    first.ensure_object(digest_of(tree, "lib/small5.py"))
+    first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
+    chunks = first.fetched_since(since, loaded)
+    assert len(chunks) == 2
+    first.save_reads(image_id, chunks)
+
+    second = ImageCache(tmp_path / "host2", store, 1 << 30)
+    second.load_image(image_id)
+    assert second.recorded_reads(image_id) == chunks
+    before = chunk_gets(store)
+    second.prefetch(chunks)
+    assert chunk_gets(store) == before + 2
+    second.ensure_object(digest_of(tree, "lib/small5.py"))
+    second.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
+    assert chunk_gets(store) == before + 2  # both were there already
+
+
+def test_objects_survive_a_restart_and_partial_files_do_not(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    small = cache.ensure_object(digest_of(tree, "lib/small2.py"))
+    cache.read(digest_of(tree, "lib/big.so"), 0, 10)
+    again = new_cache(tmp_path, store)
+    assert small.exists() and again.used_bytes == cache.used_bytes
+    assert list(again.partial.iterdir()) == []
+    assert again.cached_images() == [image_id]
+
+
+def test_garbage_collection_drops_images_and_objects_no_kept_image_uses(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    small = cache.ensure_object(digest_of(tree, "lib/small2.py"))
+    assert cache.collect_garbage({image_id}) == 0 and small.exists()
+    removed = cache.collect_garbage(set())
+    assert removed > 0 and not small.exists()
+    assert cache.cached_images() == [] and cache.used_bytes == 0

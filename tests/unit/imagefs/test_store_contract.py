@@ -1,0 +1,194 @@
+"""The contract every chunk store backend keeps; `store` (conftest.py) runs each test on each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlencode
+
+import pytest
+
+from ember.errors import InvalidError, NotFoundError
+from ember.imagefs.s3_store import S3ChunkStore
+from ember.imagefs.store import ChunkStore, open_store
+
+DIGEST = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"hello", os.urandom(5 * 1024 * 1024)], ids=["empty", "small", "5MiB"]
+)
+def test_put_then_get_returns_the_same_bytes(store: ChunkStore, data: bytes) -> None:
+    store.put(f"chunks/{DIGEST}", data)
+    assert store.get(f"chunks/{DIGEST}") == data
+
+
+def test_get_of_a_missing_key_names_key_and_store(store: ChunkStore) -> None:
+    with pytest.raises(NotFoundError) as info:
+        store.get(f"chunks/{DIGEST}")
+    assert f"chunks/{DIGEST}" in str(info.value)
+    assert store.url in str(info.value)
+
+
+def test_exists(store: ChunkStore) -> None:
+    assert not store.exists("images/i1/manifest")
+    store.put("images/i1/manifest", b"m")
+    assert store.exists("images/i1/manifest")
+    assert not store.exists("images/i1")  # a key's parent is not a key
+    assert not store.exists("images/i1/manifes")
+
+
+def test_delete_removes_the_key_and_is_idempotent(store: ChunkStore) -> None:
+    store.put("chunks/a", b"1")
+    store.put("chunks/b", b"2")
+    store.delete("chunks/a")
+    assert not store.exists("chunks/a")
+    with pytest.raises(NotFoundError):
+        store.get("chunks/a")
+    store.delete("chunks/a")
+    store.delete("chunks/never-there")
+    assert store.get("chunks/b") == b"2"
+
+
+def test_list_matches_by_prefix(store: ChunkStore) -> None:
+    keys = [
+        "chunks/ab01",
+        "chunks/ab02",
+        "chunks/cd03",
+        "chunksx/ab04",
+        "images/i1/manifest",
+        "images/i1/layers/0",
+        "images/i12/manifest",
+    ]
+    for key in keys:
+        store.put(key, key.encode())
+    assert set(store.list("chunks/ab")) == {"chunks/ab01", "chunks/ab02"}
+    assert set(store.list("chunks/")) == {"chunks/ab01", "chunks/ab02", "chunks/cd03"}
+    assert set(store.list("chunks")) == {
+        "chunks/ab01",
+        "chunks/ab02",
+        "chunks/cd03",
+        "chunksx/ab04",
+    }
+    assert set(store.list("images/i1/")) == {"images/i1/manifest", "images/i1/layers/0"}
+    assert set(store.list("images/i1")) == {
+        "images/i1/manifest",
+        "images/i1/layers/0",
+        "images/i12/manifest",
+    }
+    assert set(store.list("")) == set(keys)
+    assert list(store.list("nothing/")) == []
+    assert list(store.list("chunks/ef")) == []
+
+
+def test_put_of_an_existing_key_is_fine(store: ChunkStore) -> None:
+    store.put(f"chunks/{DIGEST}", b"value")
+    store.put(f"chunks/{DIGEST}", b"value")
+    assert store.get(f"chunks/{DIGEST}") == b"value"
+    assert list(store.list("chunks/")) == [f"chunks/{DIGEST}"]
+
+
+@pytest.mark.parametrize("key", ["", "/chunks/a", "chunks//a", "chunks/a/", "./a", "a/../b", ".."])
+def test_invalid_keys_are_rejected(store: ChunkStore, key: str) -> None:
+    with pytest.raises(InvalidError):
+        store.put(key, b"x")
+    with pytest.raises(InvalidError):
+        store.get(key)
+    with pytest.raises(InvalidError):
+        store.exists(key)
+    with pytest.raises(InvalidError):
+        store.delete(key)
+    assert list(store.list("")) == []
+
+
+def test_concurrent_puts_and_gets_from_32_threads(
+    store: ChunkStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {f"chunks/{i:064x}": os.urandom(1000 + i) for i in range(64)}
+    start = threading.Barrier(32, timeout=30)  # all 32 threads in flight together
+
+    def put_then_get(keys: list[str]) -> list[bytes]:
+        start.wait()
+        for key in keys:
+            store.put(key, values[key])
+        assert all(store.exists(key) for key in keys)
+        return [store.get(key) for key in keys]
+
+    groups = [list(values)[i::32] for i in range(32)]
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(put_then_get, groups))
+    assert results == [[values[k] for k in group] for group in groups]
+    assert set(store.list("chunks/")) == set(values)
+    # Too small a connection pool makes urllib3 drop and reopen connections, and say so.
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_open_store_of_url_reaches_the_same_data(store: ChunkStore) -> None:
+    store.put("images/i1/manifest", b"from the first")
+    other = open_store(store.url)
+    try:
+        assert type(other) is type(store)
+        assert other.url == store.url
+        assert other.get("images/i1/manifest") == b"from the first"
+        other.put("images/i2/manifest", b"from the second")
+        assert store.get("images/i2/manifest") == b"from the second"
+    finally:
+        other.close()
+
+
+def test_a_missing_bucket_is_reported_not_created(s3_endpoint: str) -> None:
+    url = f"s3://no-such-bucket-here?endpoint_url={s3_endpoint}&region=us-east-1"
+    with pytest.raises(NotFoundError, match="bucket 'no-such-bucket-here' does not exist"):
+        open_store(url)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        open_store(url)  # and the first attempt did not create it
+
+
+def test_a_bucket_deleted_after_open_is_reported(s3_bucket: str, s3_endpoint: str) -> None:
+    store = S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint, region="us-east-1")
+    store._client.delete_bucket(Bucket=s3_bucket)
+    with pytest.raises(NotFoundError, match=f"bucket '{s3_bucket}' does not exist"):
+        store.get("chunks/a")
+    with pytest.raises(NotFoundError, match="does not exist"):
+        store.put("chunks/a", b"x")
+    store.close()
+
+
+def test_s3_list_follows_every_page(s3_bucket: str, s3_endpoint: str) -> None:
+    store = S3ChunkStore(s3_bucket, "p", endpoint_url=s3_endpoint, region="us-east-1")
+    store._page_size = 2
+    requests: list[object] = []
+    store._client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda **_: requests.append(None)
+    )
+    keys = {f"chunks/{i:064x}" for i in range(7)}
+    for key in keys:
+        store.put(key, b"x")
+    listed = list(store.list("chunks/"))
+    assert sorted(listed) == sorted(keys)
+    assert len(requests) == 4
+    store.close()
+
+
+def test_s3_prefixes_keep_stores_apart(s3_bucket: str, s3_endpoint: str) -> None:
+    one = open_store(f"s3://{s3_bucket}/one?endpoint_url={s3_endpoint}")
+    two = open_store(f"s3://{s3_bucket}/two/?endpoint_url={s3_endpoint}")
+    whole = open_store(f"s3://{s3_bucket}?endpoint_url={s3_endpoint}")
+    one.put("chunks/a", b"1")
+    two.put("chunks/a", b"2")
+    assert (one.get("chunks/a"), two.get("chunks/a")) == (b"1", b"2")
+    assert list(two.list("")) == ["chunks/a"]
+    assert set(whole.list("")) == {"one/chunks/a", "two/chunks/a"}
+    assert two.url == f"s3://{s3_bucket}/two?{urlencode({'endpoint_url': s3_endpoint})}"
+    for store in (one, two, whole):
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3:///prefix", "s3://bucket?endpoint=http://x", "s3://bucket?regoin=x"]
+)
+def test_bad_s3_urls_are_rejected(url: str) -> None:
+    with pytest.raises(InvalidError):
+        S3ChunkStore.from_url(url)
