@@ -1,9 +1,12 @@
-"""ember's benchmarks: `python -m benchmarks.run [--quick] [--only warm,fanout,cold,ray]`.
+"""ember's benchmarks: `python -m benchmarks.run [--quick] [--only warm,fanout,cold,image,ray]`.
 
     warm     .remote() of a no-op on a warm container: p50 and p99 (baseline: Ray)
     fanout   no-op inputs through .map on two warm containers: inputs/s (baseline: Ray)
     cold     .remote() on a function with no container, to user code and to the result
              (baseline: `runc run` of `python3 -c pass` on the same root file system)
+    image    a ~1 GB torch image served lazily by imagefs from S3 over a 1 GB/s link: cold start on
+             an empty and on a warm host, bytes fetched, rebuild, steady reads, a small image
+             (baselines: pulling the whole image first, and `runc run` on a local tree)
     ray      the Ray baseline itself (`ray.init(num_cpus=2)`); skipped if Ray is missing
 
 Ray runs first, in a process of its own, and is shut down before ember's cluster starts: the
@@ -13,6 +16,10 @@ once per machine; the cluster is stopped at the end whatever happens. Every loop
 every benchmark has a time limit. A table is printed at the end, and the same figures are
 appended to benchmarks/RESULTS.md with the machine they ran on (a --quick run writes there only
 with --write-results).
+
+`image` runs last, after the shared cluster is stopped, in a process of its own with a cluster of
+its own (benchmarks/image_coldstart.py says why); its first build of the torch image takes a few
+minutes.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +50,7 @@ from benchmarks.common import (
     wait_for_containers,
 )
 
-BENCHMARKS = ("ray", "warm", "fanout", "cold")
+BENCHMARKS = ("ray", "warm", "fanout", "cold", "image")
 DEFAULT_IMAGE_DIR = "~/.local/share/ember/images"
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 DRAIN_TIMEOUT_S = 30.0
@@ -56,10 +64,30 @@ class Sizes:
     fanout_warmup: int
     cold_samples: int
     limit_s: float  # per benchmark
+    image_samples: int
+    image_limit_s: float  # the image benchmark's own: it builds a 1 GB image first
 
 
-FULL = Sizes(calls=500, warmup=50, inputs=10_000, fanout_warmup=500, cold_samples=20, limit_s=300.0)
-QUICK = Sizes(calls=100, warmup=20, inputs=1_000, fanout_warmup=100, cold_samples=5, limit_s=120.0)
+FULL = Sizes(
+    calls=500,
+    warmup=50,
+    inputs=10_000,
+    fanout_warmup=500,
+    cold_samples=20,
+    limit_s=300.0,
+    image_samples=10,
+    image_limit_s=2400.0,
+)
+QUICK = Sizes(
+    calls=100,
+    warmup=20,
+    inputs=1_000,
+    fanout_warmup=100,
+    cold_samples=5,
+    limit_s=120.0,
+    image_samples=3,
+    image_limit_s=1500.0,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, help="timed warm round trips (500; quick 100)")
     parser.add_argument("--inputs", type=int, help="fan-out inputs (10000; quick 1000)")
     parser.add_argument("--cold-samples", type=int, help="cold-start samples (20; quick 5)")
+    parser.add_argument(
+        "--image-samples", type=int, help="image benchmark samples per figure (10; quick 3)"
+    )
     parser.add_argument(
         "--no-new-app",
         action="store_true",
@@ -104,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         fanout_warmup=base.fanout_warmup,
         cold_samples=args.cold_samples or base.cold_samples,
         limit_s=base.limit_s,
+        image_samples=args.image_samples or base.image_samples,
+        image_limit_s=base.image_limit_s,
     )
     return args
 
@@ -157,7 +190,13 @@ def stop_cluster(data_dir: Path, keep_data: bool) -> None:
     except Exception as error:
         log(f"warning: stopping the local cluster failed: {error}")
     # Whatever a container left on the host (as the worker itself does when it starts again).
-    for state in (data_dir / "worker" / "runtime", data_dir / "floor"):
+    image = data_dir / "image"
+    for state in (
+        data_dir / "worker" / "runtime",
+        data_dir / "floor",
+        image / "cluster" / "worker" / "runtime",
+        image / "runc",
+    ):
         if state.exists():
             try:
                 removed = asyncio.run(RuncRuntime(state).cleanup_stale())
@@ -175,19 +214,19 @@ def stop_cluster(data_dir: Path, keep_data: bool) -> None:
 
 
 def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
-    from benchmarks import cold_start, fanout, ray_baseline, warm_roundtrip
+    from benchmarks import image_coldstart, ray_baseline
 
     sizes: Sizes = args.sizes
     outcomes: list[Outcome] = []
     ray: dict[str, float] | None = None
     ray_note = "Ray not run"
 
-    def attempt(name: str, body: object) -> Outcome | None:
+    def attempt(name: str, body: object, limit_s: float = sizes.limit_s + 120) -> Outcome | None:
         log(f"== {name}")
         started = time.perf_counter()
         meter = CpuMeter()
         try:
-            with time_limit(sizes.limit_s + 120, name):
+            with time_limit(limit_s, name):
                 outcome = body()  # type: ignore[operator]
         except Exception as error:
             log(f"  {name} failed: {type(error).__name__}: {error}")
@@ -222,9 +261,48 @@ def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
                 ray_note = "Ray failed"
                 log("  Ray could not run; the ember benchmarks go on without it")
 
-    ember_chosen = [name for name in args.chosen if name != "ray"]
-    if not ember_chosen:
-        return outcomes
+    ember_chosen = [name for name in args.chosen if name not in ("ray", "image")]
+    if ember_chosen:
+        run_shared_cluster(args, data_dir, ember_chosen, attempt, ray, ray_note)
+    if "image" in args.chosen:
+        from ember.client import local_cluster
+
+        if local_cluster.running() is not None:
+            log("== stopping the shared cluster: the image benchmark brings its own")
+            stop_shared_cluster()
+        attempt(
+            "image cold start",
+            lambda: image_coldstart.run(
+                sizes.image_samples, sizes.image_limit_s, data_dir / "image"
+            ),
+            sizes.image_limit_s + 300,
+        )
+    return outcomes
+
+
+def stop_shared_cluster() -> None:
+    """Stop the warm/fanout/cold benchmarks' cluster once its containers have gone."""
+    from ember.client import local_cluster
+
+    try:
+        wait_for_containers(cluster_stub(), 0, DRAIN_TIMEOUT_S)
+    except Exception as error:
+        log(f"warning: containers still up before stopping the cluster: {error}")
+    local_cluster.stop()
+
+
+def run_shared_cluster(
+    args: argparse.Namespace,
+    data_dir: Path,
+    ember_chosen: list[str],
+    attempt: Callable[..., Outcome | None],
+    ray: dict[str, float] | None,
+    ray_note: str,
+) -> None:
+    """The benchmarks that share one local cluster: warm, fanout, cold."""
+    from benchmarks import cold_start, fanout, warm_roundtrip
+
+    sizes: Sizes = args.sizes
     log("== starting ember's local cluster")
     log(f"  {start_cluster()}")
     if "warm" in ember_chosen:
@@ -244,7 +322,6 @@ def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
                 sizes.cold_samples, sizes.limit_s, data_dir / "floor", not args.no_new_app
             ),
         )
-    return outcomes
 
 
 # ---- reporting
@@ -320,7 +397,8 @@ def results_section(
         f"- Load average before: {load_before}; after: {load_after}",
         f"- Sizes: {sizes.calls} round trips after {sizes.warmup} warm-up calls; "
         f"{sizes.inputs} fan-out inputs; {sizes.cold_samples} cold-start samples "
-        f"(and as many runc floor runs); {total_s:.0f} s in all",
+        f"(and as many runc floor runs); {sizes.image_samples} samples per image figure; "
+        f"{total_s:.0f} s in all",
         "- Ratios are ember ÷ baseline: below 1 is better for times, above 1 for rates.",
         "",
         table_markdown(outcomes),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import shutil
 import tarfile
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,13 @@ from ember.proto import api_pb2
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_CONFIG = ImageConfig(env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}, workdir="/root")
+
+# Build steps download through the host's network, so they trust what the host trusts: its CA
+# bundle (which may hold a company proxy's certificate) is mounted beside the image's own and
+# named by the variables that pip, uv, requests, curl and OpenSSL read.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+_CA_INSIDE = "/run/ember-build-ca/ca-certificates.crt"
+_CA_VARIABLES = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 _TAIL_LINES = 30
 _POLL_S = 0.1
@@ -208,6 +216,10 @@ async def _run(
 ) -> None:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
     env |= parent.config.env | {"PYTHONPATH": "/opt/ember"} if mounts else parent.config.env
+    ca_bundle = Path(os.environ.get("EMBER_BUILD_CA_BUNDLE", HOST_CA_BUNDLE))
+    if ca_bundle.is_file():
+        mounts = (*mounts, BindMount(ca_bundle, _CA_INSIDE))
+        env |= dict.fromkeys(_CA_VARIABLES, _CA_INSIDE)
     config = ContainerConfig(
         container_id=container_id,
         image_root=prepared.metadata,
@@ -259,10 +271,28 @@ def _copy(prepared, upper: Path, scratch: Path, data: bytes, target: str) -> Non
         destination = root / target.lstrip("/")
         destination.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-            archive.extractall(destination, filter="tar")
+            for member in archive.getmembers():
+                _extract_file(archive, member, destination)
     finally:
         overlay.unmount(root)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _extract_file(archive: tarfile.TarFile, member: tarfile.TarInfo, destination: Path) -> None:
+    """Write one regular file of the SDK's tar of local files (nothing else belongs there)."""
+    relative = Path(member.name)
+    if not member.isfile() or relative.is_absolute() or ".." in relative.parts:
+        raise InvalidError(f"the local files' archive holds an unsafe entry: {member.name!r}")
+    path = destination / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.is_dir():  # replace what the image had there
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    source = archive.extractfile(member)
+    assert source is not None
+    with source, open(path, "wb") as file:
+        shutil.copyfileobj(source, file)
+    os.chmod(path, member.mode)
+    os.utime(path, (member.mtime, member.mtime))
 
 
 def _shell_quote(text: str) -> str:

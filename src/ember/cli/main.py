@@ -9,7 +9,13 @@ import typer
 from rich.console import Console
 
 from ember import errors
-from ember.cli import app_commands, cluster_commands, run_commands, service_commands
+from ember.cli import (
+    app_commands,
+    cluster_commands,
+    image_commands,
+    run_commands,
+    service_commands,
+)
 
 cli = typer.Typer(
     name="ember",
@@ -21,6 +27,7 @@ cli = typer.Typer(
 run_commands.register(cli)
 cli.add_typer(app_commands.group, name="app")
 cli.add_typer(cluster_commands.group, name="cluster")
+cli.add_typer(image_commands.group, name="image")
 service_commands.register(cli)
 
 

@@ -235,7 +235,7 @@ class App:
             image = function.spec.image or self.image or Image.debian_slim()
             if image not in built:
                 built[image] = await image._build(conn, show)
-            definitions.append(function.spec.to_proto(built[image]))
+            definitions.append(function.spec.to_proto(built[image], image.definition_key()))
         return definitions
 
     def _prepare_cluster(self) -> None:
@@ -262,6 +262,8 @@ class App:
 
         conn = await connection()
         source_blob_id = await self._upload_source(conn)
+        # Images first: a build may take minutes, and an app exists only once it can run.
+        definitions = await self._definitions(conn)
         created = await conn.call(
             conn.ember.AppCreate,
             api_pb2.AppCreateRequest(
@@ -275,7 +277,7 @@ class App:
             api_pb2.AppPublishRequest(
                 app_id=created.app_id,
                 source_blob_id=source_blob_id,
-                functions=await self._definitions(conn),
+                functions=definitions,
             ),
         )
         self.app_id = created.app_id

@@ -112,7 +112,7 @@ def _copy(image: Image, rest: str, context: Path, workdir: str, where: str) -> I
     if len(parts) < 2:
         raise errors.InvalidError(f"{where}: COPY needs a source and a destination")
     *sources, destination = parts
-    is_folder = destination.endswith("/") or destination == "." or len(sources) > 1
+    is_folder = destination.endswith(("/", "/.")) or destination == "." or len(sources) > 1
     destination = posixpath.normpath(posixpath.join(workdir, destination))
     for source in sources:
         if "://" in source:
@@ -121,10 +121,8 @@ def _copy(image: Image, rest: str, context: Path, workdir: str, where: str) -> I
         if local.is_dir():
             image = image.add_local_dir(local, destination)
         elif local.is_file():
-            is_folder = destination.endswith("/") or len(sources) > 1
-            image = image.add_local_file(
-                local, destination + ("/" if is_folder and not destination.endswith("/") else "")
-            )
+            into = destination.rstrip("/") + "/" if is_folder else destination
+            image = image.add_local_file(local, into)
         else:
             raise errors.InvalidError(f"{where}: {source!r} not found in {context}")
     return image

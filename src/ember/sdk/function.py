@@ -126,12 +126,13 @@ class FunctionSpec:
             image=image,
         )
 
-    def to_proto(self, image_id: str = "") -> api_pb2.FunctionDefinition:
+    def to_proto(self, image_id: str = "", image_key: str = "") -> api_pb2.FunctionDefinition:
         from ember.proto import api_pb2
 
         return api_pb2.FunctionDefinition(
             name=self.name,
             image_id=image_id,
+            image_key=image_key,
             module=self.module,
             qualname=self.qualname,
             resources=api_pb2.Resources(

@@ -39,7 +39,7 @@ PythonVersions = ("3.11", "3.13")
 
 @dataclass(frozen=True)
 class _Step:
-    """One build step as the user wrote it; `files` and `function` are read when it builds."""
+    """One build step as the user wrote it; local files and functions are read when it builds."""
 
     kind: str
     python_version: str = ""
@@ -50,7 +50,9 @@ class _Step:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = ""
     target: str = ""
-    files: tuple[tuple[Path, str], ...] = ()  # copy: (local path, path inside the target)
+    # copy: (local file or folder, its path inside the target; "" for a folder's contents)
+    sources: tuple[tuple[Path, str], ...] = ()
+    ignore: tuple[str, ...] = ()  # copy: names skipped in local folders
     function: Callable[..., Any] | None = None
     force_build: bool = False
 
@@ -182,7 +184,7 @@ class Image:
         from pathlib import Path
 
         local = Path(requirements_txt).expanduser()
-        if not local.is_file():
+        if not _in_container() and not local.is_file():
             raise errors.InvalidError(f"requirements file {str(local)!r} not found")
         inside = "/tmp/ember-requirements.txt"
         options = _pip_options(find_links, index_url, extra_index_url, pre, extra_options)
@@ -225,14 +227,16 @@ class Image:
         from pathlib import Path
 
         local = Path(local_path).expanduser()
-        if not local.is_file():
+        if not _in_container() and not local.is_file():
             raise errors.InvalidError(f"local file {str(local)!r} not found")
         if not remote_path.startswith("/"):
             raise errors.InvalidError(f"remote_path must be absolute; got {remote_path!r}")
         if remote_path.endswith("/"):
             remote_path += local.name
         folder, name = remote_path.rsplit("/", 1)
-        step = _Step("copy", target=folder or "/", files=((local, name),), force_build=force_build)
+        step = _Step(
+            "copy", target=folder or "/", sources=((local, name),), force_build=force_build
+        )
         return self._then(step)
 
     def add_local_dir(
@@ -248,12 +252,18 @@ class Image:
         from pathlib import Path
 
         local = Path(local_path).expanduser()
-        if not local.is_dir():
+        if not _in_container() and not local.is_dir():
             raise errors.InvalidError(f"local folder {str(local)!r} not found")
         if not remote_path.startswith("/"):
             raise errors.InvalidError(f"remote_path must be absolute; got {remote_path!r}")
-        files = tuple(_files_under(local, set(ignore)))
-        return self._then(_Step("copy", target=remote_path, files=files, force_build=force_build))
+        step = _Step(
+            "copy",
+            target=remote_path,
+            sources=((local, ""),),
+            ignore=tuple(ignore),
+            force_build=force_build,
+        )
+        return self._then(step)
 
     def add_local_python_source(self, *modules: str, copy: bool = True) -> Image:
         """Put local Python modules or packages into the image's /root, which is importable."""
@@ -264,6 +274,8 @@ class Image:
         for module in modules:
             spec = importlib.util.find_spec(module)
             if spec is None or spec.origin is None:
+                if _in_container():  # another image's module: this container has no use for it
+                    continue
                 raise errors.InvalidError(f"no local Python module or package named {module!r}")
             origin = Path(spec.origin)
             if spec.submodule_search_locations:  # a package: its whole folder
@@ -281,13 +293,36 @@ class Image:
             with image.imports():
                 import torch
 
-        Outside a container a failed import is skipped; inside one it raises as usual.
+        A failed import is skipped, except in a container of this very image.
         """
         try:
             yield
         except ImportError:
-            if os.environ.get("EMBER_CONTAINER_ID"):
+            # Inside a container of another image of the app, this image's packages are absent.
+            if _in_container() and os.environ.get("EMBER_IMAGE_KEY") == self.definition_key():
                 raise
+
+    def definition_key(self) -> str:
+        """A digest of how the image is defined (not of local files' content), the same on the
+        machine that defines it and in its containers: it tells `imports()` where it runs."""
+        import hashlib  # not blake3: this runs in containers, where only the stdlib is sure
+        import json
+
+        shape = [
+            [
+                s.kind,
+                s.python_version,
+                s.reference,
+                list(s.commands),
+                list(s.env),
+                s.workdir,
+                s.target,
+                [name for _, name in s.sources],
+                getattr(s.function, "__qualname__", ""),
+            ]
+            for s in self._steps
+        ]
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:32]
 
     # ---- building
 
@@ -335,20 +370,43 @@ async def _step_proto(conn: Connection, step: _Step) -> api_pb2.ImageStep:
         force_build=step.force_build,
     )
     if step.kind == "copy":
-        data, digest = _tar_files(step.files)
+        files = [
+            pair
+            for local, name in step.sources
+            for pair in (_files_under(local, set(step.ignore)) if not name else [(local, name)])
+        ]
+        data, digest = _tar_files(files)
         message.blob_id = await upload(conn, data)
         message.content_digest = digest
     elif step.kind == "function":
         import blake3
-        import cloudpickle
 
-        data = cloudpickle.dumps(step.function)
+        data = _pickle_by_value(step.function)
         message.blob_id = await upload(conn, data)
         message.content_digest = blake3.blake3(data).hexdigest()
     return message
 
 
-def _tar_files(files: tuple[tuple[Path, str], ...]) -> tuple[bytes, str]:
+def _pickle_by_value(function: Callable[..., Any]) -> bytes:
+    """Pickle a build function with its own module's code by value: the build container has the
+    image's packages but not the app's files."""
+    import sys
+
+    import cloudpickle
+
+    module = sys.modules.get(function.__module__)
+    origin = getattr(module, "__file__", None) or ""
+    installed = "site-packages" in origin or "dist-packages" in origin
+    if module is None or installed or function.__module__ == "__main__":
+        return cloudpickle.dumps(function)
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(function)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def _tar_files(files: list[tuple[Path, str]]) -> tuple[bytes, str]:
     """A tar of the files, and a digest of their names, modes and content (not their times:
     touching a file does not rebuild)."""
     import io
@@ -373,6 +431,7 @@ def _tar_files(files: tuple[tuple[Path, str], ...]) -> tuple[bytes, str]:
 
 def _files_under(root: Path, ignore: set[str]) -> Iterator[tuple[Path, str]]:
     from pathlib import Path
+
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in ignore)
         for name in sorted(filenames):
@@ -381,6 +440,12 @@ def _files_under(root: Path, ignore: set[str]) -> Iterator[tuple[Path, str]]:
             path = Path(directory) / name
             if path.is_file():
                 yield path, path.relative_to(root).as_posix()
+
+
+def _in_container() -> bool:
+    """Inside a function's container the app's module runs again, image definitions included,
+    but the local files they name are not there: they are in the image already."""
+    return bool(os.environ.get("EMBER_CONTAINER_ID"))
 
 
 def _flatten(items: Sequence[str | Sequence[str]]) -> Iterator[str]:

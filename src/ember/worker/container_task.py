@@ -204,13 +204,17 @@ class ContainerTask:
                 "HOME": "/root",
                 "LANG": "C.UTF-8",
                 **image.config.env,
-                "PYTHONPATH": ":".join(filter(None, [SOURCE_DIR, image_path, "/opt/ember"])),
+                # /root holds add_local_python_source modules, importable whatever the workdir.
+                "PYTHONPATH": ":".join(
+                    filter(None, [SOURCE_DIR, image_path, "/root", "/opt/ember"])
+                ),
                 "PYTHONUNBUFFERED": "1",
                 "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
                 "EMBER_SOURCE_DIR": SOURCE_DIR,
                 "EMBER_MODULE": self.spec.function.module,
                 "EMBER_QUALNAME": self.spec.function.qualname,
                 "EMBER_CONTAINER_ID": self.container_id,
+                "EMBER_IMAGE_KEY": self.spec.function.image_key,
             },
             hostname=self.container_id,
             cwd=image.config.workdir or "/",

@@ -1,32 +1,23 @@
 """Pulling images from a real registry: Debian's `docker-registry`, started on a free port.
 
-Images are built here in Python (tar layers, config, manifests) and pushed over the registry's
-HTTP API, so every byte of what is pulled is known. A small in-process proxy plays a registry
-with token authentication, which `docker-registry` cannot do without a signing setup.
+Images are built in Python (tar layers, config, manifests; tests/registry_support.py) and pushed
+over the registry's HTTP API, so every byte of what is pulled is known. A small in-process proxy
+plays a registry with token authentication, which `docker-registry` cannot do without a signing
+setup.
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
-import hashlib
 import http.server
-import io
 import json
 import os
-import shutil
-import socket
-import subprocess
 import tarfile
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import bcrypt
 import httpx
 import pytest
 import zstandard
@@ -39,189 +30,33 @@ from ember.builder.registry import (
     OCI_MANIFEST,
     ImageReference,
     parse_reference,
+    platforms,
     pull_image,
     registry_url,
 )
 from ember.errors import ExecutionError, InvalidError, NotFoundError
-
-REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MTIME = 1_600_000_000
-USER, PASSWORD = "alice", "s3cret"
-
-
-# --- building images ------------------------------------------------------------------------------
-
-
-@dataclass
-class Entry:
-    name: str
-    kind: bytes = tarfile.REGTYPE
-    data: bytes = b""
-    mode: int = 0o644
-    linkname: str = ""
-    uid: int = 0
-    gid: int = 0
-    pax: dict[str, str] = field(default_factory=dict)
-
-
-def file(name: str, data: bytes = b"", **kw: Any) -> Entry:
-    return Entry(name, tarfile.REGTYPE, data, **kw)
-
-
-def directory(name: str, mode: int = 0o755) -> Entry:
-    return Entry(name, tarfile.DIRTYPE, mode=mode)
-
-
-def symlink(name: str, target: str) -> Entry:
-    return Entry(name, tarfile.SYMTYPE, mode=0o777, linkname=target)
-
-
-def hardlink(name: str, target: str) -> Entry:
-    return Entry(name, tarfile.LNKTYPE, linkname=target)
-
-
-def tar_bytes(entries: list[Entry]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for entry in entries:
-            info = tarfile.TarInfo(entry.name)
-            info.type = entry.kind
-            info.mode = entry.mode
-            info.mtime = MTIME
-            info.uid, info.gid = entry.uid, entry.gid
-            info.linkname = entry.linkname
-            info.pax_headers = dict(entry.pax)
-            info.size = len(entry.data) if entry.kind == tarfile.REGTYPE else 0
-            archive.addfile(info, io.BytesIO(entry.data) if info.size else None)
-    return buffer.getvalue()
-
-
-def gzip_layer(entries: list[Entry]) -> bytes:
-    return gzip.compress(tar_bytes(entries), mtime=0)
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": digest_of(data), "size": len(data), **extra}
-
-
-def config_blob(architecture: str = "amd64", **config: Any) -> bytes:
-    document = {"architecture": architecture, "os": "linux", "config": config, "rootfs": {}}
-    return json.dumps(document).encode()
-
-
-@dataclass
-class Registry:
-    """A running docker-registry and how to push to it."""
-
-    host: str  # 127.0.0.1:port
-    storage: Path
-    auth: tuple[str, str] | None = None
-    http: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        # One client for every push: creating one costs tens of milliseconds (TLS set-up).
-        self.http = httpx.Client(base_url=f"http://{self.host}", auth=self.auth, timeout=10)
-
-    def push_blob(self, repository: str, data: bytes) -> str:
-        """Monolithic upload: open an upload session, then PUT the whole blob with its digest."""
-        digest = digest_of(data)
-        started = self.http.post(f"/v2/{repository}/blobs/uploads/")
-        assert started.status_code == 202, started.text
-        location = started.headers["Location"]
-        separator = "&" if "?" in location else "?"
-        done = self.http.put(
-            f"{location}{separator}digest={digest}",
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        assert done.status_code == 201, done.text
-        return digest
-
-    def push_manifest(self, repository: str, reference: str, document: dict[str, Any]) -> str:
-        body = json.dumps(document).encode()
-        response = self.http.put(
-            f"/v2/{repository}/manifests/{reference}",
-            content=body,
-            headers={"Content-Type": document["mediaType"]},
-        )
-        assert response.status_code == 201, response.text
-        return digest_of(body)
-
-    def push_image(
-        self,
-        repository: str,
-        reference: str,
-        layers: list[bytes],
-        config: bytes,
-        *,
-        media_type: str = DOCKER_MANIFEST,
-        layer_type: str = DOCKER_LAYER,
-    ) -> dict[str, Any]:
-        """Push blobs and a manifest; returns the manifest's descriptor (for an index)."""
-        for blob in [*layers, config]:
-            self.push_blob(repository, blob)
-        config_type = DOCKER_CONFIG if media_type == DOCKER_MANIFEST else OCI_CONFIG
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": descriptor(config_type, config),
-            "layers": [descriptor(layer_type, layer) for layer in layers],
-        }
-        digest = self.push_manifest(repository, reference, manifest)
-        body = json.dumps(manifest).encode()
-        return {"mediaType": media_type, "digest": digest, "size": len(body)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_registry(root: Path, htpasswd: Path | None = None) -> Iterator[Registry]:
-    port = free_port()
-    root.mkdir()
-    auth = f"auth:\n  htpasswd:\n    realm: ember-test\n    path: {htpasswd}\n" if htpasswd else ""
-    (root / "config.yml").write_text(
-        "version: 0.1\n"
-        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'storage'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + auth
-    )
-    log = (root / "registry.log").open("wb")
-    process = subprocess.Popen(
-        [REGISTRY_BINARY, "serve", str(root / "config.yml")], stdout=log, stderr=log
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code in (200, 401):
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
-            time.sleep(0.02)
-        yield Registry(
-            f"127.0.0.1:{port}", root / "storage", (USER, PASSWORD) if htpasswd else None
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+from tests.registry_support import (
+    DOCKER_LAYER,
+    MTIME,
+    OCI_CONFIG,
+    PASSWORD,
+    USER,
+    Entry,
+    Registry,
+    config_blob,
+    descriptor,
+    digest_of,
+    directory,
+    file,
+    free_port,
+    gzip_layer,
+    hardlink,
+    skip_without_registry,
+    start_registry,
+    symlink,
+    tar_bytes,
+    write_htpasswd,
+)
 
 
 def basic(credentials: tuple[str, str]) -> str:
@@ -318,20 +153,17 @@ class TokenRegistry:
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if not os.access(REGISTRY_BINARY, os.X_OK):
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    yield from start_registry(tmp_path_factory.mktemp("registry") / "plain")
+    skip_without_registry()
+    with start_registry(tmp_path_factory.mktemp("registry") / "plain") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if not os.access(REGISTRY_BINARY, os.X_OK):
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    skip_without_registry()
     root = tmp_path_factory.mktemp("registry")
-    # Cost 4, the least bcrypt allows: the registry checks the hash on every request.
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-    (root / "htpasswd").write_text(f"{USER}:{hashed}\n")
-    yield from start_registry(root / "private", root / "htpasswd")
+    with start_registry(root / "private", write_htpasswd(root / "htpasswd")) as started:
+        yield started
 
 
 # --- the image most tests pull -------------------------------------------------------------------
@@ -559,7 +391,7 @@ def test_an_index_resolves_to_this_machines_architecture(
     plain.push_manifest(
         repository, "latest", {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
     )
-    monkeypatch.setattr(registry.platform, "machine", lambda: machine)
+    monkeypatch.setattr(platforms.platform, "machine", lambda: machine)
 
     pull_image(f"{plain.host}/{repository}", tmp_path / "root")
 
@@ -578,7 +410,7 @@ def test_an_index_without_this_architecture_says_what_it_has(
         "manifests": [{**pushed, "platform": {"os": "linux", "architecture": "s390x"}}],
     }
     plain.push_manifest("multi/other", "latest", index)
-    monkeypatch.setattr(registry.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(platforms.platform, "machine", lambda: "x86_64")
 
     with pytest.raises(InvalidError, match=r"no linux/amd64 variant.*linux/s390x"):
         pull_image(f"{plain.host}/multi/other", tmp_path / "root")

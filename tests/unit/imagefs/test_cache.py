@@ -129,9 +129,7 @@ def test_the_cache_stays_under_its_limit_dropping_least_recently_used(image, tmp
     assert cache.ensure_object(digest_of(tree, "lib/small0.py")).exists()
 
 
-def test_a_first_start_records_its_reads_and_another_host_prefetches_them(
-    image, tmp_path
-) -> None:
+def test_a_first_start_records_its_reads_and_another_host_prefetches_them(image, tmp_path) -> None:
     store, image_id, tree = image
     first = ImageCache(tmp_path / "host1", store, 1 << 30)
     loaded = first.load_image(image_id)

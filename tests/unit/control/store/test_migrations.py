@@ -90,7 +90,11 @@ async def test_first_open_runs_every_migration_and_second_open_runs_none(
         store = await Store.open(url)
         await store.close()
         second = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
-    assert [message.split("->")[1].split(",")[0].strip() for message in first] == ["0001", "0002", "0003"]
+    assert [message.split("->")[1].split(",")[0].strip() for message in first] == [
+        "0001",
+        "0002",
+        "0003",
+    ]
     assert second == []
 
 

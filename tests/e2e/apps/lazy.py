@@ -1,0 +1,41 @@
+"""Images for the lazy-loading tests: a large file read one page at a time, and a small file
+whose content appears nowhere else (so its chunk can be damaged on purpose)."""
+
+import os
+
+import ember
+
+BIG_MIB = 64
+SECRET = "only-in-the-secret-image-7f3a9c"
+
+big_image = ember.Image.debian_slim().run_commands(
+    f"head -c {BIG_MIB}M /dev/urandom > /big.bin", "sha256sum /big.bin > /big.sha256"
+)
+secret_image = ember.Image.debian_slim().run_commands(f"echo {SECRET} > /secret.txt")
+
+app = ember.App("e2e-lazy")
+
+
+@app.function(image=big_image)
+def read_page(offset: int) -> int:
+    with open("/big.bin", "rb") as file:
+        file.seek(offset)
+        return len(file.read(4096))
+
+
+@app.function(image=big_image)
+def checksum_matches() -> bool:
+    import hashlib
+
+    with open("/big.sha256") as listed, open("/big.bin", "rb") as big:
+        return hashlib.sha256(big.read()).hexdigest() == listed.read().split()[0]
+
+
+@app.function(image=secret_image)
+def read_secret() -> str:
+    return open("/secret.txt").read().strip()
+
+
+@app.function(image=secret_image)
+def pid() -> int:
+    return os.getpid()

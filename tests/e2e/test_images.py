@@ -1,0 +1,197 @@
+"""Images defined in code: every builder method seen from inside a container, the build cache,
+failing steps, lazy loading, damaged content, and a worker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ember
+from ember import config
+from ember.client import local_cluster
+from ember.imagefs import content, manifest
+from ember.imagefs.client import ImageFSClient, stop_daemon
+from ember.imagefs.store import LocalChunkStore
+from ember.sdk._calls import connection
+from ember.sdk._sync import run_blocking
+
+
+def build(image: ember.Image) -> tuple[str, list[str]]:
+    """Build `image` through the cluster; returns its id and the step lines shown."""
+    shown: list[str] = []
+
+    async def go() -> str:
+        return await image._build(await connection(), shown.append)
+
+    image_id = run_blocking(go())
+    steps = [line for text in shown for line in text.splitlines() if line.startswith("[")]
+    return image_id, steps
+
+
+def imagefs_root() -> Path:
+    return config.data_dir() / "imagefs"
+
+
+def imagefs_stats() -> dict[str, Any]:
+    return asyncio.run(ImageFSClient(imagefs_root()).stats())
+
+
+def image_store() -> LocalChunkStore:
+    return LocalChunkStore(config.data_dir() / "imagestore")
+
+
+def empty_host_cache() -> None:
+    """What a host that never saw any image has: no daemon, no objects, no metadata."""
+    deadline = time.monotonic() + 60
+    while (local_cluster.running() and _containers() > 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop_daemon(imagefs_root())
+    for name in ("objects", "images", "partial", "mnt"):
+        shutil.rmtree(imagefs_root() / name, ignore_errors=True)
+
+
+def _containers() -> int:
+    import subprocess
+
+    root = config.data_dir() / "worker" / "runtime" / "runc"
+    listed = subprocess.run(
+        ["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True, check=False
+    )
+    return len(listed.stdout.split())
+
+
+def _live_containers() -> int:
+    from ember.proto import api_pb2
+
+    async def status() -> int:
+        conn = await connection()
+        response = await conn.call(conn.ember.ClusterStatus, api_pb2.ClusterStatusRequest())
+        return sum(worker.containers for worker in response.workers)
+
+    return run_blocking(status())
+
+
+@pytest.fixture(scope="module")
+def images(load_app: Any) -> Iterator[Any]:
+    module = load_app("images")
+    with module.app.run():
+        yield module
+
+
+@pytest.fixture(scope="module")
+def lazy(load_app: Any) -> Iterator[Any]:
+    module = load_app("lazy")
+    with module.app.run():
+        yield module
+
+
+def test_every_builder_method_is_seen_inside_the_container(images: Any) -> None:
+    found = images.inspect.remote()
+    assert found["jq"] == "/usr/bin/jq" and found["jq_output"] == "2"  # apt_install
+    assert found["six"] == "1.16.0"  # pip_install
+    assert found["tomli"] == {"a": "b"}  # uv_pip_install, and image.imports()
+    assert found["idna"] == "3.7"  # pip_install_from_requirements
+    assert found["built"] == "built" and found["home"] == "/root"  # run_commands
+    assert found["model_dir"] == "/models"  # env
+    assert found["cwd"] == "/work"  # workdir
+    assert found["weights"] == "weights made at build time in /work"  # run_function
+    assert found["assets"] == ["one.txt", "sub/two.txt"]  # add_local_dir
+    assert found["asset_one"] == "asset one"
+    assert found["note"] == "a note"  # add_local_file
+    assert found["mypkg"] == "hello from mypkg"  # add_local_python_source
+
+
+def test_each_function_runs_on_its_own_image(images: Any) -> None:
+    assert images.plain_image.remote() is False  # the app's image has /etc/built; this one not
+
+
+def test_an_unchanged_rebuild_is_all_cache_hits(images: Any) -> None:
+    started = time.monotonic()
+    _, steps = build(images.image)
+    assert steps and all(line.endswith("(cached)") for line in steps), steps
+    assert time.monotonic() - started < 30  # generous: the figure is in benchmarks/
+
+
+def test_a_changed_step_rebuilds_from_there_on(cluster: Any) -> None:
+    base = ember.Image.debian_slim().run_commands("echo same > /same")
+    first_id, _ = build(base.run_commands(f"echo {uuid.uuid4().hex} > /changes"))
+    second_id, steps = build(base.run_commands(f"echo {uuid.uuid4().hex} > /changes"))
+    assert first_id != second_id
+    assert [line.endswith("(cached)") for line in steps] == [True, True, False]
+
+
+def test_force_build_rebuilds_a_cached_step(cluster: Any) -> None:
+    image = ember.Image.debian_slim().run_commands("echo forced > /forced")
+    build(image)
+    _, steps = build(
+        ember.Image.debian_slim().run_commands("echo forced > /forced", force_build=True)
+    )
+    assert [line.endswith("(cached)") for line in steps] == [True, False]
+
+
+def test_a_failing_step_names_its_command_and_output_and_caches_nothing(cluster: Any) -> None:
+    failing = ember.Image.debian_slim().run_commands(
+        "echo fine > /fine", "echo about-to-fail; ls /no/such/path; exit 3"
+    )
+    with pytest.raises(ember.ExecutionError) as raised:
+        build(failing)
+    message = str(raised.value)
+    assert "exit 3" in message and "about-to-fail" in message
+    assert "No such file or directory" in message  # the tail of its output
+    with pytest.raises(ember.ExecutionError) as again:
+        build(failing)  # tried again, not answered from a cache
+    assert "about-to-fail" in str(again.value)
+
+
+def test_a_cold_start_on_an_empty_host_reads_lazily(lazy: Any) -> None:
+    image_id, _ = build(lazy.big_image)
+    size = manifest.load(image_store(), image_id).size
+    empty_host_cache()
+    assert lazy.read_page.remote(40 << 20) == 4096
+    fetched = imagefs_stats()["bytes_fetched"]
+    assert size > lazy.BIG_MIB << 20
+    assert fetched < size * 0.4, (fetched, size)  # python, the harness, and one chunk of big.bin
+    assert lazy.checksum_matches.remote() is True  # the rest arrives when read, intact
+
+
+def test_a_corrupted_chunk_is_detected_and_not_served(lazy: Any) -> None:
+    image_id, _ = build(lazy.secret_image)
+    store = image_store()
+    chunk = manifest.load(store, image_id).entries["secret.txt"].extents[0].chunk
+    path = store.root / content.chunk_key(chunk)
+    good = path.read_bytes()
+    empty_host_cache()
+    path.chmod(0o644)
+    path.write_bytes(content.compress(content.decompress(good).replace(b"only", b"ONLY")))
+    try:
+        with pytest.raises(OSError) as raised:  # the function's own exception, as it was raised
+            lazy.read_secret.remote()
+        assert "Input/output error" in str(raised.value)
+        assert imagefs_stats()["corrupt_chunks"] > 0
+    finally:
+        path.write_bytes(good)
+    assert lazy.read_secret.remote() == lazy.SECRET
+
+
+def test_a_worker_restart_keeps_serving_images(lazy: Any) -> None:
+    lazy.pid.remote()
+    daemon_pid = int((imagefs_root() / "daemon.pid").read_text())
+    cluster = local_cluster.running()
+    assert cluster is not None
+    os.kill(cluster.worker_pid, signal.SIGKILL)
+    local_cluster.start_worker(cluster.address)
+    deadline = time.monotonic() + 60
+    # The new worker removes the old containers, and the control plane hears they are gone.
+    while (_containers() or _live_containers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lazy.read_secret.remote() == lazy.SECRET  # a new container, through imagefs
+    assert int((imagefs_root() / "daemon.pid").read_text()) == daemon_pid  # the same daemon
