@@ -24,6 +24,8 @@ from ember.imagefs.store import LocalChunkStore
 from ember.sdk._calls import connection
 from ember.sdk._sync import run_blocking
 
+from .conftest import ember_cli
+
 
 def build(image: ember.Image) -> tuple[str, list[str]]:
     """Build `image` through the cluster; returns its id and the step lines shown."""
@@ -195,3 +197,27 @@ def test_a_worker_restart_keeps_serving_images(lazy: Any) -> None:
         time.sleep(0.2)
     assert lazy.read_secret.remote() == lazy.SECRET  # a new container, through imagefs
     assert int((imagefs_root() / "daemon.pid").read_text()) == daemon_pid  # the same daemon
+
+
+def test_the_cli_lists_inspects_and_removes_images(cluster: Any) -> None:
+    marker = uuid.uuid4().hex
+    image_id, _ = build(ember.Image.debian_slim().run_commands(f"echo {marker} > /gc.txt"))
+    store = image_store()
+    own_chunk = manifest.load(store, image_id).entries["gc.txt"].extents[0].chunk
+    wide = {"COLUMNS": "250"}
+
+    listed = ember_cli("image", "list", env=wide)
+    assert listed.returncode == 0 and image_id in listed.stdout
+
+    inspected = ember_cli("image", "inspect", image_id, env=wide)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "debian_slim" in inspected.stdout and f"echo {marker} > /gc.txt" in inspected.stdout
+
+    removed = ember_cli("image", "rm", image_id, env=wide)
+    assert removed.returncode == 0, removed.stderr
+    assert not store.exists(content.chunk_key(own_chunk))  # its own content is gone
+    assert not store.exists(manifest.manifest_key(image_id))
+    assert image_id not in ember_cli("image", "list", env=wide).stdout
+
+    again = ember_cli("image", "rm", image_id)
+    assert again.returncode == 1 and "not found" in again.stderr
