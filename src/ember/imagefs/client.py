@@ -7,6 +7,7 @@ finds it through its socket. `stop_daemon` is for shutting the whole host down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ember import errors
+from ember.container import overlay
 from ember.imagefs.daemon import PID_NAME, SOCKET_NAME
 from ember.imagefs.manifest import ImageConfig
 
@@ -118,20 +120,40 @@ class ImageFSClient:
 
 
 def stop_daemon(root: Path, timeout: float = 10.0) -> None:
-    """Stop the daemon under `root`, if one runs, and wait for it to unmount and exit."""
-    try:
-        pid = int((root / PID_NAME).read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+    """Stop every daemon serving `root` and wait for them to exit; then unmount whatever a
+    killed one left mounted under `root`."""
+    pids = _daemon_pids(root)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
         time.sleep(0.02)
-    if _running(pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        if _running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for mount_point in overlay.mounts_under(root):
+        overlay.unmount(mount_point)
+
+
+def _daemon_pids(root: Path) -> list[int]:
+    """Daemons for `root`: the one in the pid file, and any other (one starting while a worker
+    stopped, say) found by its command line."""
+    wanted = ["-m", "ember.imagefs.daemon", "--root", str(root)]
+    found = set()
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        found.add(int((root / PID_NAME).read_text()))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(arguments[i : i + 4] == wanted for i in range(len(arguments))):
+            found.add(int(entry.name))
+    return sorted(pid for pid in found if _running(pid))
 
 
 def _running(pid: int) -> bool:
