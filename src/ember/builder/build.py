@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import os
 import shutil
 import tarfile
@@ -31,7 +32,7 @@ from ember.container import overlay
 from ember.container.runtime import BindMount, ContainerConfig, Runtime
 from ember.errors import ExecutionError, InvalidError
 from ember.imagefs import manifest
-from ember.imagefs.client import ImageFSClient
+from ember.imagefs.client import ImageFSClient, PreparedImage
 from ember.imagefs.manifest import DIR, Entry, ImageConfig, Manifest
 from ember.imagefs.pack import pack_tree
 from ember.imagefs.store import ChunkStore
@@ -134,7 +135,17 @@ async def _build(
             BindMount(host.ember_package, "/opt/ember/ember"),
         )
         output("running the image's build function\n")
-        await _run(host, f"build-{build_id}-fn", prepared, parent, upper, command, output, mounts)
+        await _run(
+            host,
+            f"build-{build_id}-fn",
+            prepared,
+            parent,
+            upper,
+            command,
+            output,
+            mounts,
+            extra_env={"PYTHONPATH": "/opt/ember"},
+        )
     else:
         raise InvalidError(f"unknown image step kind {step.kind!r}")
     return await _publish_tree(host, upper, scratch, parent, parent.config, output)
@@ -207,15 +218,16 @@ def _with_directory(entries: dict[str, Entry], path: str) -> dict[str, Entry]:
 async def _run(
     host: BuildHost,
     container_id: str,
-    prepared,
+    prepared: PreparedImage,
     parent: Manifest,
     upper: Path,
     command: str,
     output: Callable[[str], None],
     mounts: tuple[BindMount, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> None:
     env = {"PATH": DEFAULT_PATH, "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
-    env |= parent.config.env | {"PYTHONPATH": "/opt/ember"} if mounts else parent.config.env
+    env |= parent.config.env | (extra_env or {})
     ca_bundle = Path(os.environ.get("EMBER_BUILD_CA_BUNDLE", HOST_CA_BUNDLE))
     if ca_bundle.is_file():
         mounts = (*mounts, BindMount(ca_bundle, _CA_INSIDE))
@@ -258,10 +270,8 @@ async def _run(
         raise ImageBuildError(f"Image build step failed: `{command}` ended with {how}.\n{last}")
 
 
-def _copy(prepared, upper: Path, scratch: Path, data: bytes, target: str) -> None:
+def _copy(prepared: PreparedImage, upper: Path, scratch: Path, data: bytes, target: str) -> None:
     """Unpack the tar `data` at `target` in the image, through an overlay on the parent."""
-    import io
-
     root = scratch / "root"
     work = scratch / "copy-work"
     root.mkdir()

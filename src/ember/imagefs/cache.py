@@ -78,7 +78,7 @@ class ImageCache:
         self._lock = threading.Lock()
         self._files: dict[str, Entry] = {}  # by content digest, over every loaded image
         self._chunk_refs: dict[str, list[_Reference]] = {}
-        self._loaded: set[str] = set()
+        self._manifests: dict[str, Manifest] = {}  # loaded and indexed
         self._inflight: dict[str, Future[bytes]] = {}
         self._partials: dict[str, _Partial] = {}
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
@@ -93,6 +93,9 @@ class ImageCache:
 
     def load_image(self, image_id: str) -> Manifest:
         """The image's manifest, fetched once per host, with its files added to the index."""
+        known = self._manifests.get(image_id)
+        if known is not None:  # parsing a large manifest takes a while: once per process
+            return known
         directory = self.images / image_id
         cached = directory / "manifest"
         if cached.is_file():
@@ -102,9 +105,9 @@ class ImageCache:
             loaded = manifest.load(self.store, image_id)
             _write_atomic(cached, content.compress(loaded.to_bytes()))
         with self._lock:
-            if image_id not in self._loaded:
+            if image_id not in self._manifests:
                 self._index(loaded)
-                self._loaded.add(image_id)
+                self._manifests[image_id] = loaded
         return loaded
 
     def metadata_image(self, image_id: str) -> Path:
@@ -352,6 +355,7 @@ class ImageCache:
                 kept_digests.update(e.digest for e in self.load_image(image_id).files())
             else:
                 _remove_tree(self.images / image_id)
+                self._manifests.pop(image_id, None)
         removed = 0
         with self._lock:
             for digest in [d for d in self._usage if d not in kept_digests]:

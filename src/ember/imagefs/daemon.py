@@ -49,6 +49,7 @@ class Daemon:
             p.name for p in overlay.mounts_under(self.mounts) if p != self.mounts
         }
         self._prefetched: set[str] = set()
+        self._locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -87,13 +88,15 @@ class Daemon:
 
     async def _op_prepare(self, request: dict) -> dict:
         image_id = request["image"]
-        loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
-        meta = await trio.to_thread.run_sync(self.cache.metadata_image, image_id)
         target = self.mounts / image_id
-        if image_id not in self._mounted:
-            target.mkdir(parents=True, exist_ok=True)
-            overlay.mount(meta, target, "erofs", readonly=True)
-            self._mounted.add(image_id)
+        # Containers of one image start together: one of them fetches and mounts.
+        async with self._locks.setdefault(image_id, trio.Lock()):
+            loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
+            if image_id not in self._mounted:
+                meta = await trio.to_thread.run_sync(self.cache.metadata_image, image_id)
+                target.mkdir(parents=True, exist_ok=True)
+                overlay.mount(meta, target, "erofs", readonly=True)
+                self._mounted.add(image_id)
         self.cache.touch_image(loaded)
         reads = None
         if image_id not in self._prefetched:
