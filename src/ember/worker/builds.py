@@ -57,10 +57,10 @@ class Builds:
             await asyncio.sleep(REPORT_EVERY_S)
             if not pending:
                 continue
-            text = "".join(pending)
-            pending.clear()
-            report = api_pb2.BuildReportRequest(build_id=build_id, output=text)
+            count = len(pending)
+            report = api_pb2.BuildReportRequest(build_id=build_id, output="".join(pending[:count]))
             try:
                 await self._conn.call(self._conn.workers.BuildReport, report)
             except errors.Error as error:
                 log.warning("build %s: output not reported: %s", build_id, error)
+            del pending[:count]  # only once sent: if cancelled first, the final report has it
