@@ -53,6 +53,8 @@ class ImageFSClient:
             writer.write(json.dumps({"op": op, **arguments}).encode() + b"\n")
             await writer.drain()
             line = await reader.readline()
+        except ConnectionError as error:  # the daemon died or is stopping
+            raise errors.ConnectionError(f"the imagefs daemon went away: {error}") from None
         finally:
             writer.close()
         if not line:

@@ -64,14 +64,21 @@ class Daemon:
             await trio.serve_listeners(self._connection, [trio.SocketListener(listener)])
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        # Every connection's handler runs in the daemon's nursery: an error here must end this
+        # connection only (a worker that gave up on its request, say), never the daemon.
         buffer = b""
-        async with stream:
-            async for data in stream:
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    answer = await self._answer(json.loads(line))
-                    await stream.send_all(json.dumps(answer).encode() + b"\n")
+        try:
+            async with stream:
+                async for data in stream:
+                    buffer += data
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        answer = await self._answer(json.loads(line))
+                        await stream.send_all(json.dumps(answer).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("an imagefs connection failed")
 
     async def _answer(self, request: dict) -> dict:
         try:
