@@ -86,6 +86,8 @@ class ImageCache:
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
         for directory in (self.objects, self.partial, self.images):
             directory.mkdir(parents=True, exist_ok=True)
+        for prefix in range(256):  # made once, not checked at every write
+            (self.objects / f"{prefix:02x}").mkdir(exist_ok=True)
         self._discard_partials()
         self._scan_objects()
 
@@ -366,12 +368,13 @@ class ImageCache:
 
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # Readable by root only (mkstemp's 0600): overlay reads its layers as the mounter, root.
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
-        os.chmod(temp, 0o444)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "daemon.sock"
 PID_NAME = "daemon.pid"
+TOUCH_EVERY_S = 60.0
 
 
 class Daemon:
@@ -50,6 +51,7 @@ class Daemon:
         }
         self._prefetched: set[str] = set()
         self._locks: dict[str, trio.Lock] = {}
+        self._touched: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -104,7 +106,9 @@ class Daemon:
                 target.mkdir(parents=True, exist_ok=True)
                 overlay.mount(meta, target, "erofs", readonly=True)
                 self._mounted.add(image_id)
-        self.cache.touch_image(loaded)
+        if time.monotonic() - self._touched.get(image_id, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
+            self._touched[image_id] = time.monotonic()  # an LRU stamp; no need at every start
+            self.cache.touch_image(loaded)
         reads = None
         if image_id not in self._prefetched:
             reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)

@@ -335,25 +335,29 @@ class Image:
 
         if not self._steps:
             raise errors.InvalidError("an empty Image; start with Image.debian_slim()")
-        steps = [await _step_proto(conn, step) for step in self._steps]
-        built = ""
-        try:
-            async for event in conn.ember.ImageBuild(api_pb2.ImageBuildRequest(steps=steps)):
-                kind = event.WhichOneof("event")
-                if kind == "built":
-                    built = event.built.image_id
-                elif show is not None and kind == "step_started":
-                    show(f"{event.step_started}{' (cached)' if event.cached else ''}\n")
-                elif show is not None and kind == "output":
-                    show(event.output)
-        except grpc.aio.AioRpcError as error:
-            raise error_from_rpc(error) from None
-        if not built:
-            raise errors.ExecutionError("the image build ended without an image")
-        return built
+        # Local files and functions go by digest first: an unchanged image uploads nothing.
+        for with_blobs in (False, True):
+            steps = [await _step_proto(conn, step, with_blobs) for step in self._steps]
+            request = api_pb2.ImageBuildRequest(steps=steps)
+            needs_blobs = False
+            try:
+                async for event in conn.ember.ImageBuild(request):
+                    kind = event.WhichOneof("event")
+                    if kind == "built":
+                        return event.built.image_id
+                    needs_blobs = needs_blobs or event.needs_blobs
+                    if show is not None and kind == "step_started":
+                        show(f"{event.step_started}{' (cached)' if event.cached else ''}\n")
+                    elif show is not None and kind == "output":
+                        show(event.output)
+            except grpc.aio.AioRpcError as error:
+                raise error_from_rpc(error) from None
+            if not needs_blobs:
+                break
+        raise errors.ExecutionError("the image build ended without an image")
 
 
-async def _step_proto(conn: Connection, step: _Step) -> api_pb2.ImageStep:
+async def _step_proto(conn: Connection, step: _Step, with_blobs: bool) -> api_pb2.ImageStep:
     from ember.client.blobs import upload
     from ember.proto import api_pb2
 
@@ -375,15 +379,16 @@ async def _step_proto(conn: Connection, step: _Step) -> api_pb2.ImageStep:
             for local, name in step.sources
             for pair in (_files_under(local, set(step.ignore)) if not name else [(local, name)])
         ]
-        data, digest = _tar_files(files)
-        message.blob_id = await upload(conn, data)
-        message.content_digest = digest
+        message.content_digest = _digest_files(files)
+        if with_blobs:
+            message.blob_id = await upload(conn, _tar_files(files))
     elif step.kind == "function":
         import blake3
 
         data = _pickle_by_value(step.function)
-        message.blob_id = await upload(conn, data)
         message.content_digest = blake3.blake3(data).hexdigest()
+        if with_blobs:
+            message.blob_id = await upload(conn, data)
     return message
 
 
@@ -406,27 +411,43 @@ def _pickle_by_value(function: Callable[..., Any]) -> bytes:
         cloudpickle.unregister_pickle_by_value(module)
 
 
-def _tar_files(files: list[tuple[Path, str]]) -> tuple[bytes, str]:
-    """A tar of the files, and a digest of their names, modes and content (not their times:
-    touching a file does not rebuild)."""
+# (path, size, mtime) -> digest: a process that builds an image again reads no unchanged file.
+_file_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _digest_files(files: list[tuple[Path, str]]) -> str:
+    """A digest of the files' names, modes and content (not their times: touching a file does
+    not rebuild)."""
+    import blake3
+
+    hasher = blake3.blake3()
+    for local, name in sorted(files, key=lambda pair: pair[1]):
+        st = local.stat()
+        key = (str(local), st.st_size, st.st_mtime_ns)
+        if key not in _file_digests:
+            file_hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            if st.st_size:  # mmap refuses empty files
+                file_hasher.update_mmap(local)
+            _file_digests[key] = file_hasher.hexdigest()
+        hasher.update(
+            f"{name}\0{st.st_mode & 0o7777}\0{st.st_size}\0{_file_digests[key]}\0".encode()
+        )
+    return hasher.hexdigest()
+
+
+def _tar_files(files: list[tuple[Path, str]]) -> bytes:
     import io
     import tarfile
 
-    import blake3
-
     buffer = io.BytesIO()
-    hasher = blake3.blake3()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for local, name in sorted(files, key=lambda pair: pair[1]):
-            data = local.read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = local.stat().st_mode & 0o7777
-            info.mtime = int(local.stat().st_mtime)
-            archive.addfile(info, io.BytesIO(data))
-            hasher.update(f"{name}\0{info.mode}\0{len(data)}\0".encode())
-            hasher.update(data)
-    return buffer.getvalue(), hasher.hexdigest()
+            info = archive.gettarinfo(str(local), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with local.open("rb") as file:
+                archive.addfile(info, file)
+    return buffer.getvalue()
 
 
 def _files_under(root: Path, ignore: set[str]) -> Iterator[tuple[Path, str]]:

@@ -92,6 +92,9 @@ class ImageBuilds:
                     step_started=f"[{number}/{len(steps)}] {description}",
                     cached=image_id is not None,
                 )
+                if image_id is None and step.kind in ("copy", "function") and not step.blob_id:
+                    yield api_pb2.ImageBuildEvent(needs_blobs=True)
+                    return
                 if image_id is None:
                     report: list[api_pb2.BuildReportRequest] = []
                     async for event in self._build_on_worker(parent_id, step, report):
@@ -114,7 +117,7 @@ class ImageBuilds:
             parent_key, parent_id = key, image_id
         record = await self._store.images.get(parent_id)
         assert record is not None
-        yield api_pb2.ImageBuildEvent(built=await self.info(record))
+        yield api_pb2.ImageBuildEvent(built=_summary(record))
 
     async def _cached(self, key: str) -> str | None:
         image_id = await self._store.images.cached(key)
@@ -163,17 +166,13 @@ class ImageBuilds:
             queue.put_nowait(report)
 
     async def info(self, record: ImageRecord) -> api_pb2.ImageInfo:
+        """The record with the image's config, read from its manifest (slow for large images:
+        for `ember image inspect`, not for builds)."""
         loaded = await asyncio.to_thread(manifest.load, self._chunks, record.image_id)
-        return api_pb2.ImageInfo(
-            image_id=record.image_id,
-            parent_id=record.parent_id,
-            step=record.step,
-            size_bytes=record.size_bytes,
-            files=record.files,
-            created_at=record.created_at,
-            env_json=json.dumps(loaded.config.env),
-            workdir=loaded.config.workdir,
-        )
+        info = _summary(record)
+        info.env_json = json.dumps(loaded.config.env)
+        info.workdir = loaded.config.workdir
+        return info
 
     async def delete(self, image_id: str, in_use: set[str]) -> int:
         """Forget an image and remove the chunks no other image uses; returns how many went.
@@ -189,6 +188,17 @@ class ImageBuilds:
             return 0
         kept = [record.image_id for record in await self._store.images.list()]
         return await asyncio.to_thread(_collect_chunks, self._chunks, image_id, kept)
+
+
+def _summary(record: ImageRecord) -> api_pb2.ImageInfo:
+    return api_pb2.ImageInfo(
+        image_id=record.image_id,
+        parent_id=record.parent_id,
+        step=record.step,
+        size_bytes=record.size_bytes,
+        files=record.files,
+        created_at=record.created_at,
+    )
 
 
 def _collect_chunks(chunks: ChunkStore, deleted: str, kept: list[str]) -> int:
