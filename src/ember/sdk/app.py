@@ -65,6 +65,7 @@ class _RunningApp:
         self.conn = conn
         self.app_id = app_id
         self.last_log_at = 0.0
+        self.shown_log_id = 0  # the last log line shown
         self.tasks = [asyncio.create_task(self._heartbeat())]
         if output_enabled():
             self.tasks.append(asyncio.create_task(self._follow_logs()))
@@ -86,23 +87,29 @@ class _RunningApp:
 
         import grpc
 
-        from ember.proto import api_pb2
-
-        after_id = 0
         while True:
             try:
-                stream = self.conn.ember.AppLogs(
-                    api_pb2.AppLogsRequest(app_id=self.app_id, follow=True, after_id=after_id)
-                )
-                async for entry in stream:
-                    self.last_log_at = asyncio.get_running_loop().time()
-                    show_log(entry.fd, entry.data)
-                    after_id = entry.log_id
+                await self._show_logs(follow=True)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.5)  # the control plane restarts: follow again
 
+    async def _show_logs(self, follow: bool) -> None:
+        import asyncio
+
+        from ember.proto import api_pb2
+
+        stream = self.conn.ember.AppLogs(
+            api_pb2.AppLogsRequest(app_id=self.app_id, follow=follow, after_id=self.shown_log_id)
+        )
+        async for entry in stream:
+            self.last_log_at = asyncio.get_running_loop().time()
+            show_log(entry.fd, entry.data)
+            self.shown_log_id = entry.log_id
+
     async def stop(self, stop_app: bool) -> None:
         import asyncio
+
+        import grpc
 
         from ember.proto import api_pb2
 
@@ -114,6 +121,11 @@ class _RunningApp:
                 await asyncio.sleep(0.05)
         for task in self.tasks:
             task.cancel()
+        if len(self.tasks) > 1:
+            # Workers store an input's lines before its result, so whatever the follower has not
+            # shown yet is stored by now.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._show_logs(follow=False)
         if stop_app:
             await self.conn.call(
                 self.conn.ember.AppStop, api_pb2.AppStopRequest(app_id=self.app_id)
