@@ -34,8 +34,8 @@ the client, not the server, bounds a fetch. rclone computes an MD5 ETag on every
 Figures (10 samples each; fewer with --quick; p50 and p99):
 
 1. Lazy cold start on an empty host, call to result. Before each sample: the function is back at
-   zero containers (scaled to zero), the host's imagefs daemon is stopped, its cache removed
-   whole (objects, images, mnt, partial, fuse), the daemon started again the way the worker
+   zero containers (scaled to zero), the host's imagefs daemon is stopped and given a cache
+   directory never used before (see FreshDirectories), the daemon started again the way the worker
    starts it (a new host's daemon runs before any container does; its own start is reported
    apart), and the page cache dropped. The first start of the fresh image records what it read
    and is reported alone; the samples after it prefetch that recording.
@@ -43,8 +43,8 @@ Figures (10 samples each; fewer with --quick; p50 and p99):
    ran the image).
 3. Full pull, the baseline: the manifest and every chunk fetched over the same link (32 in flight,
    as a good puller would; the same client as the daemon's), checked, decompressed and written
-   into a local tree (modes, owners and mtimes too: a .pyc is trusted only while its source keeps
-   its mtime), then `runc run` of the function's code on that tree; page cache dropped first.
+   into a local tree in a directory never used before (modes, owners and mtimes too: a .pyc is
+   trusted only while its source keeps its mtime), then `runc run` of the function's code on that tree; page cache dropped first.
    Total time, to the printed result.
 4. Floor: `runc run` of `python3 -c "import torch; print(float(torch.ones(2).sum()))"` on that
    local tree, page cache warm, to the printed result (the first byte in the container's stdout
@@ -131,7 +131,7 @@ S3_KEY = "ember-bench"
 S3_SECRET = "ember-bench-secret"
 S3_REGION = "us-east-1"
 
-PULL_THREADS = 32  # chunks in flight for the full pull (the daemon prefetches with as many)
+PULL_THREADS = 32  # chunks in flight for the full pull
 POLL_S = 0.02  # how often the daemon's counters are read during a sample
 SETTLE_S = 0.3  # counters unchanged this long: the fetching of a sample has ended
 SETTLE_LIMIT_S = 20.0
@@ -233,6 +233,11 @@ def _clean_up_after(process: subprocess.Popen[str], netns: str, work_dir: Path) 
             timeout=120,
             check=False,
         )
+    from ember.container import overlay
+
+    for path in overlay.mounts_under(work_dir):  # the fresh directories' bind mounts
+        overlay.unmount(path)
+        log(f"  warning: unmounted {path}, which the benchmark left mounted")
 
 
 def _outcome(stdout: str, returncode: int | None) -> Outcome:
@@ -440,27 +445,21 @@ def _imagefs_root() -> Path:
     return data_dir() / "imagefs"
 
 
-def empty_host(store_url: str) -> float:
-    """Make this host one that never saw an image: stop the imagefs daemon, remove its cache
-    whole, start it again as the worker does, and drop the page cache. Returns the seconds the
-    daemon took to start (a new host's daemon runs before its first container, so this is not
-    part of a cold start)."""
+def empty_host(store_url: str, disks: FreshDirectories) -> float:
+    """Make this host one that never saw an image: stop the imagefs daemon, give it a cache
+    directory never used before, start it again as the worker does, and drop the page cache.
+    Returns the seconds the daemon took to start (a new host's daemon runs before its first
+    container, so this is not part of a cold start)."""
     from ember.container.overlay import mounts_under
     from ember.imagefs.client import ImageFSClient, stop_daemon
     from ember.worker.images import cache_limit_bytes
 
     root = _imagefs_root()
     stop_daemon(root)
-    left = mounts_under(root)
+    left = [path for path in mounts_under(root) if path != root]
     if left:
         raise RuntimeError(f"the imagefs daemon left mounts behind: {', '.join(map(str, left))}")
-    for child in root.iterdir() if root.exists() else ():
-        if child.name == "daemon.log":
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    disks.renew(root)
     drop_page_cache()
     started = time.perf_counter()
     client = ImageFSClient(root)
@@ -468,6 +467,41 @@ def empty_host(store_url: str) -> float:
     daemon_s = time.perf_counter() - started
     drop_page_cache()
     return daemon_s
+
+
+class FreshDirectories:
+    """Directories never written before, bind-mounted in turn where a sample writes a whole
+    image (the host's image cache, the full pull's tree); all of them stay until the end.
+
+    Why not empty the old one instead: ext4 passes over inodes freed in the last minutes when it
+    makes a file, looking at each in turn, so right after thousands of files were removed every
+    new one costs ~0.5 ms more. A new host has removed nothing, and neither has a fresh `docker
+    pull`."""
+
+    def __init__(self, pool: Path) -> None:
+        self.pool = pool
+        self.used = 0
+        self.mounted: list[Path] = []
+
+    def renew(self, target: Path) -> None:
+        from ember.container import overlay
+
+        if target in self.mounted:
+            overlay.unmount(target)
+            self.mounted.remove(target)
+        fresh = self.pool / str(self.used)
+        self.used += 1
+        fresh.mkdir(parents=True)
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(fresh), str(target)], check=True)
+        self.mounted.append(target)
+
+    def close(self) -> None:
+        from ember.container import overlay
+
+        for target in reversed(self.mounted):
+            overlay.unmount(target)
+        self.mounted.clear()
 
 
 def drop_page_cache() -> None:
@@ -607,7 +641,8 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
     with shaped_link(netns) as link, s3_server(link, work_dir / "s3.log") as store_url:
         log(f"  chunk store: {store_url}, over {link.host_dev} shaped to {LINK_RATE}")
         _use_store(store_url)
-        with image_cluster():
+        disks = FreshDirectories(work_dir / "fresh")
+        with contextlib.closing(disks), image_cluster():
             store = open_store(store_url)
             module = load_app("image_app.py")
             module.app.image = module.torch_image(wheel)  # type: ignore[attr-defined]
@@ -620,10 +655,10 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
                 f"{got.image_bytes / MB:.0f} MB, {got.image_chunks} chunks"
             )
             base = Local(work_dir / "runc", ensure_base_image(), _image_env(loaded))
-            local = Local(work_dir / "runc", work_dir / "tree", base.env)
+            local = Local(work_dir / "runc", work_dir / "pulled" / "tree", base.env)
             with module.app.run():  # type: ignore[attr-defined]
-                _first_ever(module, store, store_url, got)
-                _cold(module, store, store_url, local, samples, cold_s, got)
+                _first_ever(module, store, store_url, disks, got)
+                _cold(module, store, store_url, disks, local, samples, cold_s, got)
                 _warm(module, local, samples, phase_s, got)
                 _steady(module, local, got)
                 _small(module, base, samples, phase_s, got)
@@ -700,12 +735,14 @@ class Local:
     data_layers: tuple[Path, ...] = ()  # an imagefs image's: its objects, then its FUSE mount
 
 
-def _first_ever(module: Any, store: Any, store_url: str, got: Measured) -> None:
+def _first_ever(
+    module: Any, store: Any, store_url: str, disks: FreshDirectories, got: Measured
+) -> None:
     """The fresh image's first start, on an empty host: it fetches what it reads, and the worker
     records that for later starts."""
     from ember.imagefs import manifest
 
-    got.first_ever_s, got.first_ever_fetched = _empty_sample(module, store_url, got)
+    got.first_ever_s, got.first_ever_fetched = _empty_sample(module, store_url, disks, got)
     log(
         f"  first start ever: {got.first_ever_s * 1000:.0f} ms, {_fetch_text(got.first_ever_fetched)}"
     )
@@ -717,6 +754,7 @@ def _cold(
     module: Any,
     store: Any,
     store_url: str,
+    disks: FreshDirectories,
     local: Local,
     samples: int,
     phase_s: float,
@@ -725,22 +763,24 @@ def _cold(
     """Cold starts on an empty host (they prefetch the recording) and full pulls, taken in
     turn so that other work on the machine weighs on both alike; then the probes."""
     for i in deadline_loop(samples, phase_s):
-        seconds, fetched = _empty_sample(module, store_url, got)
+        seconds, fetched = _empty_sample(module, store_url, disks, got)
         got.empty.append(seconds)
         got.empty_fetched.append(fetched)
         log(f"  empty host: {seconds * 1000:.0f} ms, {_fetch_text(fetched)}")
         wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)  # the sample's container gone
-        _full_pull(store, local, i, got)
+        _full_pull(store, disks, local, i, got)
     for _ in deadline_loop(min(PROBES, samples), phase_s / 2):
         wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
-        empty_host(store_url)
+        empty_host(store_url, disks)
         got.probe_empty.append(_probe(module))
 
 
-def _empty_sample(module: Any, store_url: str, got: Measured) -> tuple[float, Fetched]:
+def _empty_sample(
+    module: Any, store_url: str, disks: FreshDirectories, got: Measured
+) -> tuple[float, Fetched]:
     """One call of torch_sum at zero containers on an emptied host, and what it fetched."""
     wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
-    got.daemon_start.append(empty_host(store_url))
+    got.daemon_start.append(empty_host(store_url, disks))
     with FetchWatch() as watch:
         started = time.perf_counter()
         seconds, value = _call(module.torch_sum)
@@ -879,13 +919,14 @@ def _prepares(state_dir: Path, samples: int, got: Measured) -> None:
 # ---- the baselines: a full pull into a local tree, and runc on local trees
 
 
-def _full_pull(store: Any, local: Local, number: int, got: Measured) -> None:
-    """Pull the whole image into the local tree and run the function's code on it, page cache
-    dropped first; the tree stays for the floors."""
+def _full_pull(
+    store: Any, disks: FreshDirectories, local: Local, number: int, got: Measured
+) -> None:
+    """Pull the whole image into a fresh local tree and run the function's code on it, page
+    cache dropped first; the last tree stays for the floors."""
     from ember.imagefs import manifest
 
-    if local.root.exists():
-        shutil.rmtree(local.root)
+    disks.renew(local.root.parent)
     drop_page_cache()
     started = time.perf_counter()
     pulled = manifest.load(store, got.image_id)  # a puller starts from the manifest too

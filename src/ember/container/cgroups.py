@@ -8,6 +8,7 @@ runc creates it below the root of every hierarchy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -65,8 +66,10 @@ def oom_kill_count(cgroups_path: str) -> int:
         path = CGROUP_ROOT / "memory" / relative / "memory.oom_control"
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        return 0
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENODEV):  # ENODEV: removed while being read
+            return 0
+        raise
     return parse_oom_kill(text)
 
 

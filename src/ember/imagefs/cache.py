@@ -20,9 +20,10 @@ Every method blocks and is safe to call from many threads at once.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -38,7 +39,7 @@ from ember.imagefs.metadata import object_path
 from ember.imagefs.store import ChunkStore
 
 FETCH_ATTEMPTS = 3
-PREFETCH_THREADS = 32
+PREFETCH_THREADS = 4  # more only contend for the two or so cores a host spares
 
 
 @dataclass
@@ -81,6 +82,7 @@ class ImageCache:
         self._manifests: dict[str, Manifest] = {}  # loaded and indexed
         self._inflight: dict[str, Future[bytes]] = {}
         self._partials: dict[str, _Partial] = {}
+        self._extent_starts: dict[str, list[int]] = {}  # large files: where each extent begins
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
@@ -98,14 +100,14 @@ class ImageCache:
         known = self._manifests.get(image_id)
         if known is not None:  # parsing a large manifest takes a while: once per process
             return known
-        directory = self.images / image_id
-        cached = directory / "manifest"
+        cached = self.images / image_id / "manifest"
         if cached.is_file():
-            data = content.decompress(cached.read_bytes())
-            loaded = Manifest.from_bytes(data)
+            loaded = manifest.from_stored(image_id, cached.read_bytes())
         else:
-            loaded = manifest.load(self.store, image_id)
-            _write_atomic(cached, content.compress(loaded.to_bytes()))
+            blob = self.store.get(manifest.manifest_key(image_id))
+            loaded = manifest.from_stored(image_id, blob)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(cached, blob)  # as stored: writing it out again would take longer
         with self._lock:
             if image_id not in self._manifests:
                 self._index(loaded)
@@ -117,6 +119,7 @@ class ImageCache:
         path = self.images / image_id / "meta.erofs"
         if not path.is_file():
             blob = self.store.get(manifest.metadata_key(image_id))
+            path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, content.decompress(blob))
         return path
 
@@ -129,10 +132,14 @@ class ImageCache:
                 continue
             self._files[entry.digest] = entry
             offset = 0
+            starts = []
             for number, extent in enumerate(entry.extents):
                 refs = self._chunk_refs.setdefault(extent.chunk, [])
                 refs.append(_Reference(entry, number, offset))
+                starts.append(offset)
                 offset += extent.length
+            if len(starts) > 1:
+                self._extent_starts[entry.digest] = starts
 
     def file(self, file_digest: str) -> Entry | None:
         return self._files.get(file_digest)
@@ -142,36 +149,63 @@ class ImageCache:
     def object_file(self, file_digest: str) -> Path:
         return self.objects / object_path(file_digest)
 
+    def has_object(self, file_digest: str) -> bool:
+        """Whether the object is in the object directory (known without asking the disk: this
+        process writes and removes every object there)."""
+        return file_digest in self._usage
+
     def ensure_object(self, file_digest: str) -> Path:
         """The complete local copy of a file's content, fetching every chunk it lacks."""
-        path = self.object_file(file_digest)
-        if path.exists():
+        if self.has_object(file_digest):
             self._touch(file_digest)
-            return path
+            return self.object_file(file_digest)
         entry = self._entry(file_digest)
         for extent in entry.extents:
             self.ensure_chunk(extent.chunk)
-        if not path.exists():  # written by another image's copy of the same chunk, maybe
+        if not self.has_object(file_digest):
             raise NotFoundError(f"object {file_digest} missing after its chunks arrived")
-        return path
+        return self.object_file(file_digest)
 
     def read(self, file_digest: str, offset: int, size: int) -> bytes:
         """Bytes of a file, fetching only the chunks under them (for large files)."""
         entry = self._entry(file_digest)
-        position = 0
-        for extent in entry.extents:
-            if position < offset + size and offset < position + extent.length:
-                self.ensure_chunk(extent.chunk)
-            position += extent.length
+        for number in self._extents_under(file_digest, offset, size):
+            self.ensure_chunk(entry.extents[number].chunk)
+        data = self._read_placed(file_digest, offset, size)
+        return data if data is not None else self.read(file_digest, offset, size)
+
+    def read_local(self, file_digest: str, offset: int, size: int) -> bytes | None:
+        """Bytes of a file if every chunk under them is on this host, else None (it never
+        fetches, so a caller that must not block on the network can try it first)."""
+        if not self.has_object(file_digest):
+            partial = self._partials.get(file_digest)
+            if partial is None:
+                return None
+            if any(n not in partial.have for n in self._extents_under(file_digest, offset, size)):
+                return None
+        return self._read_placed(file_digest, offset, size)
+
+    def _read_placed(self, file_digest: str, offset: int, size: int) -> bytes | None:
         # The file is complete, or still partial: it moves from one to the other (or is
         # evicted) at any time, so look in both.
-        for path in (self.object_file(file_digest), self.partial / file_digest):
+        for path in (f"{self.objects}/{object_path(file_digest)}", f"{self.partial}/{file_digest}"):
             try:
-                with path.open("rb") as file:
-                    return os.pread(file.fileno(), size, offset)
+                fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
-        return self.read(file_digest, offset, size)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+        return None
+
+    def _extents_under(self, file_digest: str, offset: int, size: int) -> range:
+        """The numbers of the file's extents that bytes [offset, offset + size) lie in."""
+        starts = self._extent_starts.get(file_digest)
+        if starts is None:
+            return range(1)
+        first = bisect.bisect_right(starts, offset) - 1
+        return range(max(first, 0), bisect.bisect_right(starts, offset + max(size, 1) - 1))
 
     def _entry(self, file_digest: str) -> Entry:
         entry = self._files.get(file_digest)
@@ -207,7 +241,7 @@ class ImageCache:
 
     def _chunk_placed(self, chunk_digest: str) -> bool:
         for ref in self._chunk_refs.get(chunk_digest, ()):
-            if self.object_file(ref.entry.digest).exists():
+            if self.has_object(ref.entry.digest):
                 continue
             partial = self._partials.get(ref.entry.digest)
             if partial is None or ref.extent not in partial.have:
@@ -235,13 +269,14 @@ class ImageCache:
         raise AssertionError("unreachable")
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
+        objects = str(self.objects)
         for ref in self._chunk_refs.get(chunk_digest, ()):
             entry, extent = ref.entry, ref.entry.extents[ref.extent]
-            piece = memoryview(data)[extent.offset : extent.offset + extent.length]
-            target = self.object_file(entry.digest)
-            if target.exists():
+            if self.has_object(entry.digest):
                 continue
+            piece = memoryview(data)[extent.offset : extent.offset + extent.length]
             if len(entry.extents) == 1:
+                target = f"{objects}/{object_path(entry.digest)}"
                 self._add_object(entry.digest, _write_atomic(target, piece))
             else:
                 self._place_extent(ref, piece)
@@ -367,17 +402,25 @@ class ImageCache:
         return removed
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> int:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # Readable by root only (mkstemp's 0600): overlay reads its layers as the mounter, root.
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+def _write_atomic(path: str | Path, data: bytes | memoryview) -> int:
+    """Write `path` whole or not at all; its directory must exist. A cold start writes thousands
+    of small objects through here, so it makes the fewest system calls it can."""
+    directory, name = os.path.split(path)
+    # A name of this thread's own, dot-first: a write that died half-way is found and removed
+    # when the cache starts. Readable by root only: overlay reads its layers as the mounter.
+    temp = f"{directory}/.incoming-{threading.get_ident()}-{name}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
         raise
     return len(data)
 

@@ -136,7 +136,8 @@ def stop_daemon(root: Path, timeout: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for mount_point in overlay.mounts_under(root):
-        overlay.unmount(mount_point)
+        if mount_point != root:  # the root may be a disk of its own, mounted by the operator
+            overlay.unmount(mount_point)
 
 
 def _daemon_pids(root: Path) -> list[int]:

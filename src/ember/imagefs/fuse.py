@@ -116,7 +116,12 @@ class ObjectFS(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.fd is not None:
             return os.pread(handle.fd, size, off)
-        return await _in_thread(self._cache.read, handle.digest, off, size)
+        # Pages of a large file already on this host are read here and now: a thread for each
+        # would cost more than the read (a cold start reads ~100 MB of libtorch this way).
+        data = self._cache.read_local(handle.digest, off, size)
+        if data is None:
+            data = await _in_thread(self._cache.read, handle.digest, off, size)
+        return data
 
     async def release(self, fh):
         handle = self._handles.pop(fh)

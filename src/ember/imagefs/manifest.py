@@ -61,6 +61,8 @@ class Entry:
 
     @classmethod
     def from_json(cls, row: list) -> Entry:
+        # A worker parses every entry of an image before its first container starts: keep the
+        # common case (no xattrs, at most one extent) free of generators.
         path, kind, mode, uid, gid, mtime_ns, size, digest, extents, target, xattrs = row
         return cls(
             path,
@@ -71,9 +73,9 @@ class Entry:
             mtime_ns,
             size,
             digest,
-            tuple(Extent(*e) for e in extents),
+            tuple([Extent(*e) for e in extents]) if extents else (),
             target,
-            tuple((name, bytes.fromhex(value)) for name, value in xattrs),
+            tuple([(name, bytes.fromhex(value)) for name, value in xattrs]) if xattrs else (),
         )
 
 
@@ -148,7 +150,12 @@ def save(store: ChunkStore, manifest: Manifest) -> str:
 
 
 def load(store: ChunkStore, image_id: str) -> Manifest:
-    data = content.decompress(store.get(manifest_key(image_id)))
+    return from_stored(image_id, store.get(manifest_key(image_id)))
+
+
+def from_stored(image_id: str, blob: bytes) -> Manifest:
+    """The manifest from its stored (compressed) form, checked against the image id."""
+    data = content.decompress(blob)
     if image_id_of(data) != image_id:
         raise content.CorruptChunkError(f"the manifest of image {image_id} is corrupted")
     return Manifest.from_bytes(data)

@@ -86,6 +86,21 @@ def test_reading_a_page_of_a_large_file_fetches_one_chunk(image, tmp_path) -> No
     assert cache.object_file(digest).read_bytes() == whole  # complete: promoted
 
 
+def test_a_local_read_serves_only_what_the_host_has(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    digest = digest_of(tree, "lib/big.so")
+    expected = (tree / "lib/big.so").read_bytes()
+    assert cache.read_local(digest, CHUNK_SIZE, 4096) is None  # nothing here yet
+    cache.read(digest, CHUNK_SIZE, 4096)
+    assert chunk_gets(store) == 1
+    assert cache.read_local(digest, CHUNK_SIZE + 10, 100) == expected[CHUNK_SIZE + 10 :][:100]
+    # A range across into the next chunk needs that one too; a local read never fetches it.
+    assert cache.read_local(digest, 2 * CHUNK_SIZE - 10, 100) is None
+    assert chunk_gets(store) == 1
+
+
 def test_concurrent_readers_of_a_chunk_fetch_it_once(image, tmp_path) -> None:
     store, image_id, tree = image
     cache = new_cache(tmp_path, store)
