@@ -22,7 +22,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -31,6 +33,7 @@ from ember.container import overlay
 from ember.errors import Error
 from ember.imagefs.cache import ImageCache
 from ember.imagefs.fuse import ObjectFS
+from ember.imagefs.manifest import Manifest
 from ember.imagefs.store import open_store
 
 log = logging.getLogger(__name__)
@@ -98,24 +101,37 @@ class Daemon:
     async def _op_prepare(self, request: dict) -> dict:
         image_id = request["image"]
         target = self.mounts / image_id
-        # Containers of one image start together: one of them fetches and mounts.
+        found: dict[str, Any] = {}
+
+        async def fetch(name: str, function: Callable[..., Any], *args: Any) -> None:
+            found[name] = await trio.to_thread.run_sync(function, *args)
+
+        # Containers of one image start together: one of them fetches and mounts. The manifest,
+        # the metadata image and the recorded reads are fetched at once (the first is parsed for
+        # a good while, and the container waits for all three).
         async with self._locks.setdefault(image_id, trio.Lock()):
-            loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(fetch, "loaded", self.cache.load_image, image_id)
+                    if image_id not in self._mounted:
+                        nursery.start_soon(fetch, "meta", self.cache.metadata_image, image_id)
+                    if image_id not in self._prefetched:
+                        nursery.start_soon(fetch, "reads", self.cache.recorded_reads, image_id)
+            except BaseExceptionGroup as group:  # the first failure says it (a missing image...)
+                raise _first(group) from None
+            loaded: Manifest = found["loaded"]
             if image_id not in self._mounted:
-                meta = await trio.to_thread.run_sync(self.cache.metadata_image, image_id)
                 target.mkdir(parents=True, exist_ok=True)
-                overlay.mount(meta, target, "erofs", readonly=True)
+                overlay.mount(found["meta"], target, "erofs", readonly=True)
                 self._mounted.add(image_id)
         if time.monotonic() - self._touched.get(image_id, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
             self._touched[image_id] = time.monotonic()  # an LRU stamp; no need at every start
             self.cache.touch_image(loaded)
-        reads = None
-        if image_id not in self._prefetched:
-            reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)
-            if reads:
-                self._prefetched.add(image_id)
-                assert self._nursery is not None
-                self._nursery.start_soon(self._prefetch, image_id, reads)
+        reads = found.get("reads")
+        if reads and image_id not in self._prefetched:
+            self._prefetched.add(image_id)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._prefetch, image_id, reads)
         return {
             "metadata": str(target),
             "data_layers": [str(self.cache.objects), str(self.fuse_mount)],
@@ -164,6 +180,11 @@ class Daemon:
     def unmount_all(self) -> None:
         for image_id in sorted(self._mounted):
             overlay.unmount(self.mounts / image_id)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 async def _main(daemon: Daemon) -> None:

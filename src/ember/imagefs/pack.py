@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ember.imagefs import content
@@ -67,9 +67,9 @@ def pack_tree(
                 stats.bytes_read += len(data)
                 file_digest = content.digest(data)
                 if file_digest in known:
-                    entries[path] = replace(entry, digest=file_digest, extents=known[file_digest])
+                    entries[path] = entry._replace(digest=file_digest, extents=known[file_digest])
                 else:
-                    small.append((path, replace(entry, digest=file_digest)))
+                    small.append((path, entry._replace(digest=file_digest)))
                     uploader.pack(data)
             else:
                 entries[path] = _large_file(file_path, entry, uploader, stats)
@@ -77,7 +77,7 @@ def pack_tree(
                 progress(f"packed {stats.files} files ({stats.bytes_read >> 20} MiB)\n")
         placed = uploader.finish_packs()
     for (path, entry), extent in zip(small, placed, strict=True):
-        entries[path] = replace(entry, extents=(extent,))
+        entries[path] = entry._replace(extents=(extent,))
     return Manifest(entries, config or (parent.config if parent else ImageConfig())), stats
 
 
@@ -96,7 +96,7 @@ def _large_file(path: Path, entry: Entry, uploader: _Uploader, stats: PackStats)
             hasher.update(piece)
             extents.append(uploader.whole(piece))
             stats.bytes_read += len(piece)
-    return replace(entry, digest=hasher.hexdigest(), extents=tuple(extents))
+    return entry._replace(digest=hasher.hexdigest(), extents=tuple(extents))
 
 
 class _Uploader:
@@ -195,8 +195,8 @@ def _walk(root: Path, entries: dict[str, Entry], is_upper: bool) -> Iterator[tup
                 lower = _replace(entries, path, entry.kind)
                 if entry.kind == FILE and _xattr(full, _METACOPY) is not None and lower:
                     # Only the metadata changed; the content is still the lower file's.
-                    entry = replace(
-                        entry, size=lower.size, digest=lower.digest, extents=lower.extents
+                    entry = entry._replace(
+                        size=lower.size, digest=lower.digest, extents=lower.extents
                     )
             yield path, entry
 
