@@ -141,6 +141,9 @@ def main() -> None:
         link.send(("init_failure", _describe(error), _remote_traceback(error)))
         sys.exit(1)
     link.send(("ready",))
+    # Serialization (cloudpickle) loads while the worker fetches the first input, not after.
+    import ember.sdk.serialization  # noqa: F401
+
     while (message := link.receive()) is not None:
         _, input_id, pickled_args = message
         run_input(link, raw_f, input_id, pickled_args)

@@ -52,7 +52,9 @@ class Daemon:
         self._mounted: set[str] = {
             p.name for p in overlay.mounts_under(self.mounts) if p != self.mounts
         }
-        self._prefetched: set[str] = set()
+        # Whether a start of the image recorded its reads, looked up at the image's first prepare
+        # only: a start after that has the content the recording would fetch.
+        self._recorded: dict[str, bool] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._touched: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
@@ -115,7 +117,7 @@ class Daemon:
                     nursery.start_soon(fetch, "loaded", self.cache.load_image, image_id)
                     if image_id not in self._mounted:
                         nursery.start_soon(fetch, "meta", self.cache.metadata_image, image_id)
-                    if image_id not in self._prefetched:
+                    if image_id not in self._recorded:
                         nursery.start_soon(fetch, "reads", self.cache.recorded_reads, image_id)
             except BaseExceptionGroup as group:  # the first failure says it (a missing image...)
                 raise _first(group) from None
@@ -128,8 +130,9 @@ class Daemon:
             self._touched[image_id] = time.monotonic()  # an LRU stamp; no need at every start
             self.cache.touch_image(loaded)
         reads = found.get("reads")
-        if reads and image_id not in self._prefetched:
-            self._prefetched.add(image_id)
+        if "reads" in found:
+            self._recorded[image_id] = reads is not None
+        if reads:
             assert self._nursery is not None
             self._nursery.start_soon(self._prefetch, image_id, reads)
         return {
@@ -137,7 +140,7 @@ class Daemon:
             "data_layers": [str(self.cache.objects), str(self.fuse_mount)],
             "config": loaded.config.to_json(),
             "prefetching": len(reads or ()),
-            "recorded": reads is not None or image_id in self._prefetched,
+            "recorded": self._recorded.get(image_id, False),
             "now": time.monotonic(),
         }
 
@@ -153,6 +156,8 @@ class Daemon:
         chunks = self.cache.fetched_since(request["since"], loaded)
         if chunks and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
             await trio.to_thread.run_sync(self.cache.save_reads, image_id, chunks)
+        if chunks:
+            self._recorded[image_id] = True
         return {"chunks": len(chunks)}
 
     async def _op_stats(self, request: dict) -> dict:
@@ -173,7 +178,7 @@ class Daemon:
             overlay.unmount(self.mounts / image_id)
             (self.mounts / image_id).rmdir()
             self._mounted.discard(image_id)
-            self._prefetched.discard(image_id)
+            self._recorded.pop(image_id, None)
         removed = await trio.to_thread.run_sync(self.cache.collect_garbage, keep)
         return {"objects_removed": removed}
 
