@@ -133,7 +133,20 @@ def run_input(
     link.send(message)
 
 
+def output_to_files() -> None:
+    """Point stdout and stderr at the files the worker names, written straight through: runc
+    copies the container's own stdout and stderr through pipes, so a line printed just before a
+    result could reach the worker after the result does."""
+    for fd, variable in ((1, "EMBER_STDOUT"), (2, "EMBER_STDERR")):
+        path = os.environ.get(variable)
+        if path:
+            file = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.dup2(file, fd)
+            os.close(file)
+
+
 def main() -> None:
+    output_to_files()
     link = WorkerLink(os.environ["EMBER_SOCKET"])
     try:
         raw_f = load_function()

@@ -124,8 +124,8 @@ class _RunningApp:
         if len(self.tasks) > 1:
             # Workers store an input's lines before its result, so whatever the follower has not
             # shown yet is stored by now.
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._show_logs(follow=False)
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                await asyncio.wait_for(self._show_logs(follow=False), LOG_DRAIN_MAX_S)
         if stop_app:
             await self.conn.call(
                 self.conn.ember.AppStop, api_pb2.AppStopRequest(app_id=self.app_id)

@@ -43,6 +43,8 @@ FAST_INPUT_S = 0.01
 REPORT_AFTER_S = 0.05  # a result older than this is reported before the next input runs
 SOURCE_DIR = "/app"
 SOCKET_DIR = "/run/ember"
+# Files in the socket directory the harness writes its stdout and stderr to (see worker/logs.py).
+_HARNESS_OUTPUT = {"stdout": 1, "stderr": 2}
 
 
 @dataclass
@@ -166,15 +168,15 @@ class ContainerTask:
         self._socket_dir.mkdir(parents=True, exist_ok=True)
         await link.listen(self._socket_dir / "harness.sock")
         self._image = await self._images.root_for(definition.image_id)
+        for name in _HARNESS_OUTPUT:
+            (self._socket_dir / name).touch()
         await self._runtime.start(self._config(self._image, source))
+        runtime_stdout, runtime_stderr = self._runtime.log_paths(self.container_id)
+        streams = [(1, runtime_stdout), (2, runtime_stderr)]
+        streams += [(fd, self._socket_dir / name) for name, fd in _HARNESS_OUTPUT.items()]
         self._logs.watch(
             self.container_id,
-            ContainerLogs(
-                self.spec.app_id,
-                definition.name,
-                self.container_id,
-                self._runtime.log_paths(self.container_id),
-            ),
+            ContainerLogs(self.spec.app_id, definition.name, self.container_id, streams),
         )
         self._exit_status = asyncio.create_task(self._runtime.wait(self.container_id))
         hello = await self._until_exit(self._hello(link), STARTUP_TIMEOUT_S)
@@ -210,6 +212,8 @@ class ContainerTask:
                 ),
                 "PYTHONUNBUFFERED": "1",
                 "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
+                "EMBER_STDOUT": f"{SOCKET_DIR}/stdout",
+                "EMBER_STDERR": f"{SOCKET_DIR}/stderr",
                 "EMBER_SOURCE_DIR": SOURCE_DIR,
                 "EMBER_MODULE": self.spec.function.module,
                 "EMBER_QUALNAME": self.spec.function.qualname,

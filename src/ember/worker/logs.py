@@ -1,9 +1,12 @@
 """Shipping container output to the control plane.
 
-The runtime writes each container's stdout and stderr to files; a `ContainerLogs` reads what is new
-in them, a line at a time, and the `LogShipper` sends batches every `FLUSH_S`. Before a result is
-reported the container's logs are read and sent first, so a caller sees what an input printed
-before it sees the input's result.
+The runtime writes each container's stdout and stderr to files, and so does the harness (it points
+its own stdout and stderr at files of the worker's, because runc copies a container's output
+through pipes: a line printed just before a result could reach the runtime's files after it). A
+`ContainerLogs` reads what is new in all of them, a line at a time, and the `LogShipper` sends
+batches every `FLUSH_S`. Before a result is reported the container's logs are read and sent
+first (after a send under way), so a caller sees what an input printed before it sees the
+input's result.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ember.client import Connection
@@ -22,18 +26,22 @@ MAX_LINE = 16 << 10  # a line longer than this is shipped in pieces
 
 class ContainerLogs:
     def __init__(
-        self, app_id: str, function_name: str, container_id: str, paths: tuple[Path, Path]
+        self,
+        app_id: str,
+        function_name: str,
+        container_id: str,
+        streams: Sequence[tuple[int, Path]],  # (1 for stdout or 2 for stderr, the file)
     ) -> None:
         self._template = api_pb2.LogEntry(
             app_id=app_id, function_name=function_name, container_id=container_id
         )
-        self._paths = paths
-        self._offsets = [0, 0]
-        self._partial = [b"", b""]
+        self._streams = list(streams)
+        self._offsets = [0] * len(self._streams)
+        self._partial = [b""] * len(self._streams)
 
     def read_new(self, final: bool = False) -> list[api_pb2.LogEntry]:
         entries = []
-        for index, path in enumerate(self._paths):
+        for index, (fd, path) in enumerate(self._streams):
             try:
                 if path.stat().st_size <= self._offsets[index] and not final:
                     continue  # nothing new: the common case, checked without opening the file
@@ -52,7 +60,7 @@ class ContainerLogs:
             for line in lines:
                 entry = api_pb2.LogEntry()
                 entry.CopyFrom(self._template)
-                entry.fd = index + 1
+                entry.fd = fd
                 entry.data = line.decode(errors="replace")
                 entry.timestamp = now
                 entries.append(entry)
@@ -63,6 +71,9 @@ class LogShipper:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._containers: dict[str, ContainerLogs] = {}
+        # Held from reading lines until they are stored: a flush before a result must not pass
+        # lines the periodic send has read but not stored yet.
+        self._sending = asyncio.Lock()
 
     def watch(self, container_id: str, logs: ContainerLogs) -> None:
         self._containers[container_id] = logs
@@ -70,7 +81,8 @@ class LogShipper:
     async def flush(self, container_id: str, final: bool = False) -> None:
         logs = self._containers.get(container_id)
         if logs is not None:
-            await self._send(logs.read_new(final))
+            async with self._sending:
+                await self._send(logs.read_new(final))
         if final:
             self._containers.pop(container_id, None)
 
@@ -83,6 +95,7 @@ class LogShipper:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            entries = [e for logs in list(self._containers.values()) for e in logs.read_new()]
-            with contextlib.suppress(Exception):  # logs must never stop the worker
-                await self._send(entries)
+            async with self._sending:
+                entries = [e for logs in list(self._containers.values()) for e in logs.read_new()]
+                with contextlib.suppress(Exception):  # logs must never stop the worker
+                    await self._send(entries)
