@@ -113,19 +113,21 @@ def test_detach_keeps_the_app_running(cluster: Any) -> None:
     assert ember_cli("app", "stop", "e2e-deployed").returncode == 0
 
 
-def _interruptible() -> None:
-    # Started in the background, the suite may have inherited SIGINT ignored, and Python leaves
-    # an ignored SIGINT alone: give the child the default, as a terminal would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `python -m ember run ...`, but with Ctrl-C handled: started in the background, the suite may
+# have inherited SIGINT ignored, and Python then leaves it ignored (a preexec_fn cannot reset it:
+# forking with gRPC's threads running crashes the child).
+_INTERRUPTIBLE_EMBER = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'ember'; runpy.run_module('ember', run_name='__main__', alter_sys=True)"
+)
 
 
 def test_ctrl_c_stops_the_ephemeral_app(cluster: Any) -> None:
     run = subprocess.Popen(
-        [sys.executable, "-m", "ember", "run", str(APPS / "long_entrypoint.py")],
+        [sys.executable, "-c", _INTERRUPTIBLE_EMBER, "run", str(APPS / "long_entrypoint.py")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_interruptible,
     )
     assert run.stdout is not None
     assert run.stdout.readline().strip() == "pong"
