@@ -156,8 +156,8 @@ class Daemon:
         chunks = self.cache.fetched_since(request["since"], loaded)
         if chunks and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
             await trio.to_thread.run_sync(self.cache.save_reads, image_id, chunks)
-        if chunks:
-            self._recorded[image_id] = True
+        # Nothing fetched: this host had it all and has nothing to record, now or later.
+        self._recorded[image_id] = True
         return {"chunks": len(chunks)}
 
     async def _op_stats(self, request: dict) -> dict:

@@ -50,7 +50,6 @@ class ImageFSRoots:
         self.client = ImageFSClient(cache_root)
         self._store_url = ""
         self._recording: set[str] = set()
-        self._recorded: set[str] = set()  # by this worker, even if nothing was fetched to record
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def prepare(self, store_url: str) -> None:
@@ -66,7 +65,7 @@ class ImageFSRoots:
             log.warning("the imagefs daemon is gone; starting it again")
             await self.prepare(self._store_url)
             prepared = await self.client.prepare(image_id)
-        if not prepared.recorded and image_id not in self._recording | self._recorded:
+        if not prepared.recorded and image_id not in self._recording:
             self._recording.add(image_id)
             loop = asyncio.get_running_loop()
             loop.call_later(RECORD_LIMIT_S, self.first_start_done, image_id, prepared)
@@ -77,7 +76,6 @@ class ImageFSRoots:
         """Save what the image's first start on this host read (once, in the background)."""
         if image_id in self._recording:
             self._recording.discard(image_id)
-            self._recorded.add(image_id)
             task = asyncio.ensure_future(self._record(image_id, prepared))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
