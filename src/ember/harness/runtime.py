@@ -1,8 +1,11 @@
-"""The harness: connect to the worker, import the function, run inputs until the socket closes.
+"""The harness: connect to the worker, wait for a function, import it, run inputs until the
+socket closes.
 
-Configured by the worker through the environment: `EMBER_SOCKET` (the worker's socket),
-`EMBER_MODULE` and `EMBER_QUALNAME` (where the function is), and the source mounted at
-`EMBER_SOURCE_DIR`, which goes first on `sys.path` so the app's own modules import.
+The container's environment names the worker's socket (`EMBER_SOCKET`) and where the app's
+source will be (`EMBER_SOURCE_DIR`, first on `sys.path` so the app's own modules import). The
+function comes later, in the worker's `load` frame: variables to add to the environment, among
+them `EMBER_MODULE` and `EMBER_QUALNAME` (where the function is). A standby container
+(`EMBER_STANDBY`) may wait a long time for it, so it imports the serializer first.
 """
 
 from __future__ import annotations
@@ -148,6 +151,16 @@ def output_to_files() -> None:
 def main() -> None:
     output_to_files()
     link = WorkerLink(os.environ["EMBER_SOCKET"])
+    if os.environ.get("EMBER_STANDBY"):
+        import ember.sdk.serialization
+    load = link.receive()
+    if load is None:
+        return  # a standby the worker no longer needs
+    _, env = load
+    os.environ.update(env)
+    # The source appeared in /app after the interpreter listed it (a directory's mtime, which
+    # decides whether that listing is stale, may not have moved within a clock tick).
+    importlib.invalidate_caches()
     try:
         raw_f = load_function()
     except BaseException as error:

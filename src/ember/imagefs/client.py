@@ -34,6 +34,7 @@ class PreparedImage:
     config: ImageConfig
     recorded: bool  # a start of this image has recorded its reads (anywhere)
     since: float  # the daemon's clock when prepared: the start of a recording
+    daemon: str  # the daemon's life that prepared it: its mounts end with that life
 
     def as_recorded(self) -> PreparedImage:
         return replace(self, recorded=True)
@@ -108,6 +109,7 @@ class ImageFSClient:
             ImageConfig(**answer["config"]),
             answer["recorded"],
             answer["now"],
+            answer["daemon"],
         )
 
     async def record(self, image_id: str, since: float) -> int:

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ class Daemon:
         self._recorded: dict[str, bool] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._touched: dict[str, float] = {}
+        # Names this daemon's life: mounts prepared by an earlier daemon serve nothing any more.
+        self.instance = secrets.token_hex(8)
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -142,6 +145,7 @@ class Daemon:
             "prefetching": len(reads or ()),
             "recorded": self._recorded.get(image_id, False),
             "now": time.monotonic(),
+            "daemon": self.instance,
         }
 
     async def _prefetch(self, image_id: str, chunks: list[str]) -> None:

@@ -5,7 +5,9 @@ A frame is a 4-byte big-endian length, then a pickled tuple whose first item nam
     harness → worker   ("ready",)
                        ("init_failure", exception_text, traceback)
                        ("result", input_id, gen_index, status, data, exception_text, traceback)
-    worker → harness   ("input", input_id, pickled_args)
+    worker → harness   ("load", environment)   once, first: the function to load (EMBER_MODULE,
+                                               EMBER_QUALNAME and others to add to os.environ)
+                       ("input", input_id, pickled_args)
 
 Only the standard library: the harness imports this at every cold start, and the container has
 no protobuf. Status values are those of `ResultStatus` in api.proto (a test checks they agree).

@@ -26,11 +26,13 @@ from ember.container import RuncRuntime, Runtime
 from ember.imagefs.store import open_store
 from ember.proto import api_pb2
 from ember.worker.builds import Builds
+from ember.worker.container_start import ContainerStarter
 from ember.worker.container_task import ContainerTask
 from ember.worker.images import ImageFSRoots
 from ember.worker.logs import LogShipper
 from ember.worker.package import compiled_package
 from ember.worker.sources import SourceCache
+from ember.worker.standby import StandbyPool, limit_from_env
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,10 @@ class Worker:
         removed = await self._runtime.cleanup_stale()
         if removed:
             log.info("removed %d containers left by a previous run", len(removed))
-        self._ember_package = await asyncio.to_thread(compiled_package, self._dir / "package")
+        ember_package = await asyncio.to_thread(compiled_package, self._dir / "package")
+        self._starter = ContainerStarter(self._runtime, self._images, self._dir, ember_package)
+        self._starter.clean()
+        self._standbys = StandbyPool(self._starter, limit=limit_from_env())
         store_url = await self._register()
         await self._images.prepare(store_url)
         self._builds = Builds(
@@ -89,7 +94,7 @@ class Worker:
                 store=open_store(store_url),
                 work_dir=self._dir / "builds",
                 fetch_blob=lambda blob_id: download(self._conn, blob_id),
-                ember_package=self._ember_package,
+                ember_package=ember_package,
             ),
             self._conn,
         )
@@ -149,12 +154,11 @@ class Worker:
             task = ContainerTask(
                 spec,
                 conn=self._conn,
-                runtime=self._runtime,
+                starter=self._starter,
+                standbys=self._standbys,
                 images=self._images,
                 sources=self._sources,
                 logs=self._logs,
-                socket_root=self._dir / "sockets",
-                ember_package=self._ember_package,
             )
             self._containers[spec.container_id] = task
             task.start().add_done_callback(lambda _: self._containers.pop(spec.container_id, None))
@@ -184,4 +188,4 @@ class Worker:
         containers = list(self._containers.values())
         for container in containers:
             container.stop(worker_stopping=True)
-        await asyncio.gather(*(c.stopped() for c in containers))
+        await asyncio.gather(*(c.stopped() for c in containers), self._standbys.close())

@@ -15,25 +15,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from ember.client import Connection
 from ember.client.blobs import from_payload, to_payload
 from ember.client.connection import stream_ended
-from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
+from ember.container import ExitStatus
 from ember.imagefs.client import PreparedImage
 from ember.proto import api_pb2
 from ember.proto import harness_frames as frames
-from ember.worker.harness_link import HarnessLink
+from ember.worker.container_start import (
+    ContainerShape,
+    ContainerStarter,
+    StartedContainer,
+    link_source,
+)
 from ember.worker.images import ImageRoots
 from ember.worker.logs import ContainerLogs, LogShipper
 from ember.worker.sources import SourceCache
+from ember.worker.standby import StandbyPool
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STARTUP_TIMEOUT_S = 120.0
 EXCHANGE_WAIT_S = 30.0
@@ -41,10 +49,6 @@ PREFETCH = 16  # inputs a container of a fast function may hold at once (the con
 # shares a backlog fairly); a slow function's container takes one at a time
 FAST_INPUT_S = 0.01
 REPORT_AFTER_S = 0.05  # a result older than this is reported before the next input runs
-SOURCE_DIR = "/app"
-SOCKET_DIR = "/run/ember"
-# Files in the socket directory the harness writes its stdout and stderr to (see worker/logs.py).
-_HARNESS_OUTPUT = {"stdout": 1, "stderr": 2}
 
 
 @dataclass
@@ -59,31 +63,29 @@ class ContainerTask:
         spec: api_pb2.ContainerSpec,
         *,
         conn: Connection,
-        runtime: Runtime,
+        starter: ContainerStarter,
+        standbys: StandbyPool,
         images: ImageRoots,
         sources: SourceCache,
         logs: LogShipper,
-        socket_root: Path,
-        ember_package: Path,
     ) -> None:
         self.spec = spec
         self._conn = conn
-        self._runtime = runtime
+        self._starter = starter
+        self._standbys = standbys
         self._images = images
         self._sources = sources
         self._logs = logs
-        self._socket_dir = socket_root / spec.container_id
-        self._ember_package = ember_package
         self._running: str | None = None  # the input the harness is running
         self._results: list[api_pb2.InputResult] = []  # finished, not yet reported
-        self._exit_status: asyncio.Task[ExitStatus] | None = None
+        self._container: StartedContainer | None = None
         self._ready = False  # the harness has imported the function
         self._fast = True  # its last input took under FAST_INPUT_S
         self._stopped_as = Exit(api_pb2.RESULT_STATUS_CANCELLED, "the container was stopped")
         self.task: asyncio.Task[None] | None = None
         self._finishing: asyncio.Future[None] | None = None
         self._stream: Any = None  # the exchange stream, once opened
-        self._image: PreparedImage | None = None
+        self._image: PreparedImage | None = None  # the image as prepared for this start
 
     @property
     def container_id(self) -> str:
@@ -106,10 +108,9 @@ class ContainerTask:
             self.task.cancel()
 
     async def _life(self) -> None:
-        link = HarnessLink()
         outcome = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, "the container stopped")
         try:
-            outcome = await self._run(link)
+            outcome = await self._run()
         except asyncio.CancelledError:
             outcome = self._stopped_as
             raise
@@ -125,7 +126,7 @@ class ContainerTask:
         finally:
             # Shielded: a second cancellation (the worker stopping) must not cut the clean-up
             # short; `stopped()` waits for it.
-            self._finishing = asyncio.ensure_future(self._finish(link, outcome))
+            self._finishing = asyncio.ensure_future(self._finish(outcome))
             await asyncio.shield(self._finishing)
 
     async def stopped(self) -> None:
@@ -135,12 +136,13 @@ class ContainerTask:
         if self._finishing is not None:
             await asyncio.wait([self._finishing])
 
-    async def _finish(self, link: HarnessLink, outcome: Exit) -> None:
-        await self._runtime.kill(self.container_id)
-        await link.close()
-        with contextlib.suppress(Exception):
-            await self._logs.flush(self.container_id, final=True)
-        await self._runtime.remove(self.container_id)
+    async def _finish(self, outcome: Exit) -> None:
+        container = self._container
+        if container is not None:
+            await self._starter.stop(container)
+            with contextlib.suppress(Exception):
+                await self._logs.flush(self.container_id, final=True)
+            await self._starter.remove(container)
         if self._results:
             try:
                 await self._exchange(want=0, wait_s=0)
@@ -148,10 +150,6 @@ class ContainerTask:
                 log.warning("container %s: results not reported: %s", self.container_id, error)
         if self._stream is not None:
             self._stream.cancel()
-        with contextlib.suppress(OSError):
-            for path in self._socket_dir.iterdir():
-                path.unlink()
-            self._socket_dir.rmdir()
         await self._conn.call(
             self._conn.workers.ContainerExited,
             api_pb2.ContainerExitedRequest(
@@ -162,95 +160,65 @@ class ContainerTask:
             ),
         )
 
-    async def _run(self, link: HarnessLink) -> Exit:
+    async def _run(self) -> Exit:
         definition = self.spec.function
         source = await self._sources.ensure(self.spec.source_blob_id)
-        self._socket_dir.mkdir(parents=True, exist_ok=True)
-        await link.listen(self._socket_dir / "harness.sock")
-        self._image = await self._images.root_for(definition.image_id)
-        for name in _HARNESS_OUTPUT:
-            (self._socket_dir / name).touch()
-        await self._runtime.start(self._config(self._image, source))
-        runtime_stdout, runtime_stderr = self._runtime.log_paths(self.container_id)
-        streams = [(1, runtime_stdout), (2, runtime_stderr)]
-        streams += [(fd, self._socket_dir / name) for name, fd in _HARNESS_OUTPUT.items()]
+        shape = ContainerShape.of(definition)
+        self._image = await self._starter.prepare(shape)
+        container = self._standbys.take(shape, self._image)
+        if container is None:
+            container = await self._starter.start(self.container_id, shape, self._image)
+        self._container = container
+        await asyncio.to_thread(link_source, source, container.app_dir)
         self._logs.watch(
             self.container_id,
-            ContainerLogs(self.spec.app_id, definition.name, self.container_id, streams),
+            ContainerLogs(
+                self.spec.app_id,
+                definition.name,
+                self.container_id,
+                self._starter.output_streams(container),
+            ),
         )
-        self._exit_status = asyncio.create_task(self._runtime.wait(self.container_id))
-        hello = await self._until_exit(self._hello(link), STARTUP_TIMEOUT_S)
-        if isinstance(hello, Exit):
-            return hello
-        if hello is None:
+        try:
+            hello = await self._until_exit(self._hello(container), STARTUP_TIMEOUT_S)
+        except TimeoutError:
             return Exit(
                 api_pb2.RESULT_STATUS_INIT_FAILURE,
                 f"the container did not become ready within {STARTUP_TIMEOUT_S:g} s",
             )
+        if isinstance(hello, Exit):
+            return hello
         if hello[0] == "init_failure":
             _, text, traceback = hello
             return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, f"{traceback.rstrip()}\n{text}".strip())
         self._ready = True
-        return await self._serve(link)
+        self._standbys.replenish(shape)
+        return await self._serve(container)
 
-    def _config(self, image: PreparedImage, source: Path) -> ContainerConfig:
-        resources = self.spec.function.resources
-        image_path = image.config.env.get("PYTHONPATH")
-        return ContainerConfig(
-            container_id=self.container_id,
-            image_root=image.metadata,
-            data_layers=image.data_layers,
-            args=[image.config.python, "-m", "ember.harness"],
-            env={
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": "/root",
-                "LANG": "C.UTF-8",
-                **image.config.env,
-                # /root holds add_local_python_source modules, importable whatever the workdir.
-                "PYTHONPATH": ":".join(
-                    filter(None, [SOURCE_DIR, image_path, "/root", "/opt/ember"])
-                ),
-                "PYTHONUNBUFFERED": "1",
-                "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
-                "EMBER_STDOUT": f"{SOCKET_DIR}/stdout",
-                "EMBER_STDERR": f"{SOCKET_DIR}/stderr",
-                "EMBER_SOURCE_DIR": SOURCE_DIR,
-                "EMBER_MODULE": self.spec.function.module,
-                "EMBER_QUALNAME": self.spec.function.qualname,
-                "EMBER_CONTAINER_ID": self.container_id,
-                "EMBER_IMAGE_KEY": self.spec.function.image_key,
-            },
-            hostname=self.container_id,
-            cwd=image.config.workdir or "/",
-            mounts=(
-                BindMount(source, SOURCE_DIR, readonly=True),
-                BindMount(self._ember_package, "/opt/ember/ember", readonly=True),
-                BindMount(self._socket_dir, SOCKET_DIR, readonly=False),
-            ),
-            cpu=resources.cpu_limit,
-            memory_mb=int(resources.memory_limit_mb),
-        )
-
-    async def _hello(self, link: HarnessLink) -> tuple[object, ...]:
-        await link.connected()
-        message = await link.receive()
+    async def _hello(self, container: StartedContainer) -> tuple[object, ...]:
+        """Give the connected harness its function; its answer."""
+        definition = self.spec.function
+        await container.link.connected()
+        env = {
+            "EMBER_MODULE": definition.module,
+            "EMBER_QUALNAME": definition.qualname,
+            "EMBER_CONTAINER_ID": self.container_id,
+            "EMBER_IMAGE_KEY": definition.image_key,
+        }
+        await container.link.send(("load", env))
+        message = await container.link.receive()
         if message is None:
             return ("init_failure", "the harness exited before it was ready", "")
         return message
 
-    async def _until_exit(self, work: object, timeout: float | None) -> object:
-        """Run `work` unless the container exits first (an `Exit`) or `timeout` passes (None)."""
-        assert self._exit_status is not None
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(
-            {task, self._exit_status}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
-            return task.result()
-        task.cancel()
-        if self._exit_status in done:
-            return self._describe_exit(self._exit_status.result())
-        return None
+    async def _until_exit(self, work: Awaitable[T], timeout: float | None) -> T | Exit:
+        """Run `work` unless the container exits first (an `Exit`); TimeoutError after
+        `timeout`."""
+        assert self._container is not None
+        outcome = await self._container.until_exit(work, timeout)
+        if isinstance(outcome, ExitStatus):
+            return self._describe_exit(outcome)
+        return outcome
 
     def _describe_exit(self, status: ExitStatus) -> Exit:
         limit = self.spec.function.resources.memory_limit_mb
@@ -272,7 +240,7 @@ class ContainerTask:
 
     # ---- serving inputs
 
-    async def _serve(self, link: HarnessLink) -> Exit:
+    async def _serve(self, container: StartedContainer) -> Exit:
         loop = asyncio.get_running_loop()
         while True:
             want = PREFETCH if self._fast else 1
@@ -282,7 +250,7 @@ class ContainerTask:
             for item in response.inputs:
                 self._running = item.input_id
                 started = loop.time()
-                outcome = await self._run_input(link, item)
+                outcome = await self._run_input(container, item)
                 if outcome is not None:
                     return outcome
                 self._running = None
@@ -323,25 +291,25 @@ class ContainerTask:
             raise await stream_ended(stream)  # `reconnecting` opens a new one and asks again
         return response  # type: ignore[no-any-return]
 
-    async def _run_input(self, link: HarnessLink, item: api_pb2.Input) -> Exit | None:
+    async def _run_input(self, container: StartedContainer, item: api_pb2.Input) -> Exit | None:
         """Feed one input to the harness and collect its result; an `Exit` if the container
         must go."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.function.timeout_s
+        link = container.link
         await link.send(("input", item.input_id, await from_payload(self._conn, item.args)))
         while True:
-            message = await self._until_exit(link.receive(), max(0.0, deadline - loop.time()))
+            try:
+                message = await self._until_exit(link.receive(), deadline - loop.time())
+            except TimeoutError:
+                return Exit(
+                    api_pb2.RESULT_STATUS_TIMEOUT,
+                    f"the input ran past the function's timeout of {self.spec.function.timeout_s:g} s",
+                )
             if isinstance(message, Exit):
                 return message
-            if message is None:
-                if loop.time() >= deadline:
-                    return Exit(
-                        api_pb2.RESULT_STATUS_TIMEOUT,
-                        f"the input ran past the function's timeout of {self.spec.function.timeout_s:g} s",
-                    )
-                # The harness closed the socket: the container is on its way out.
-                assert self._exit_status is not None
-                return self._describe_exit(await self._exit_status)
+            if message is None:  # the harness closed the socket: the container is on its way out
+                return self._describe_exit(await container.exited)
             _, input_id, gen_index, status, data, text, traceback = message
             result = api_pb2.InputResult(
                 input_id=input_id,
@@ -360,6 +328,5 @@ class ContainerTask:
             assert self._image is not None
             if not self._image.recorded:  # the first start of this image has done its reading
                 self._image = self._image.as_recorded()
-                image_id = self.spec.function.image_id
-                self._images.first_start_done(image_id, self._image)
+                self._images.first_start_done(self.spec.function.image_id, self._image)
             return None

@@ -1,0 +1,148 @@
+"""Standby containers: the first half of a container start, done before anyone asks.
+
+After a container of some shape (image and limits) becomes ready, the pool starts one more of
+that shape in the background: runc run, the interpreter started, `ember` and the serializer
+imported, the harness connected and waiting for a function. The next start order of that shape
+takes it and only links in the source and loads the function: on a small image that is most of
+a cold start saved (runc and the interpreter's start-up are 60 ms or more of it).
+
+A standby is used once, by whichever function of its shape starts next, and never outlives the
+worker. At most `limit` wait at once (the oldest goes first); one unused for `idle_s` is removed.
+What a standby holds, an interpreter with `ember` imported, is a few tens of MB of memory that
+the control plane does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Callable
+
+from ember.container import ExitStatus
+from ember.errors import InvalidError
+from ember.imagefs.client import PreparedImage
+from ember.worker.container_start import ContainerShape, ContainerStarter, StartedContainer
+
+log = logging.getLogger(__name__)
+
+LIMIT = 4  # unless EMBER_STANDBY_CONTAINERS says otherwise
+IDLE_S = 600.0
+# A standby is started this long after the start that called for it, so that it does not take
+# CPU from that container's first input.
+DELAY_S = 0.5
+CONNECT_TIMEOUT_S = 60.0
+
+
+def limit_from_env() -> int:
+    """`EMBER_STANDBY_CONTAINERS`: how many standbys may wait at once (0: none)."""
+    configured = os.environ.get("EMBER_STANDBY_CONTAINERS", "").strip()
+    if not configured:
+        return LIMIT
+    try:
+        return max(0, int(configured))
+    except ValueError:
+        raise InvalidError(
+            f"EMBER_STANDBY_CONTAINERS={configured!r} is not a whole number"
+        ) from None
+
+
+class StandbyPool:
+    def __init__(
+        self,
+        starter: ContainerStarter,
+        *,
+        limit: int = LIMIT,
+        idle_s: float = IDLE_S,
+        delay_s: float = DELAY_S,
+        new_id: Callable[[], str] = lambda: f"sb-{secrets.token_hex(8)}",
+    ) -> None:
+        self._starter = starter
+        self._limit = limit
+        self._idle_s = idle_s
+        self._delay_s = delay_s
+        self._new_id = new_id
+        self._waiting: dict[ContainerShape, StartedContainer] = {}  # oldest first
+        self._starting: set[ContainerShape] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def take(self, shape: ContainerShape, image: PreparedImage) -> StartedContainer | None:
+        """A waiting container of `shape`, now the caller's; None if there is none. `image` is
+        the image as prepared now: a standby on layers of an imagefs daemon that has since
+        gone (or whose process ended) is removed instead."""
+        container = self._waiting.pop(shape, None)
+        if container is None:
+            return None
+        if container.exited.done() or container.image.daemon != image.daemon:
+            self._background(self._starter.remove(container))
+            return None
+        return container
+
+    def replenish(self, shape: ContainerShape) -> None:
+        """Have a container of `shape` waiting soon, unless one is already (or on its way)."""
+        if self._limit <= 0 or shape in self._waiting or shape in self._starting:
+            return
+        self._starting.add(shape)
+        self._background(self._start(shape))
+
+    async def close(self) -> None:
+        """Remove every standby (the worker is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        waiting, self._waiting = list(self._waiting.values()), {}
+        await asyncio.gather(*(self._starter.remove(c) for c in waiting), return_exceptions=True)
+
+    def waiting(self) -> list[ContainerShape]:
+        return list(self._waiting)
+
+    async def _start(self, shape: ContainerShape) -> None:
+        try:
+            await asyncio.sleep(self._delay_s)
+            image = await self._starter.prepare(shape)
+            container = await self._starter.start(self._new_id(), shape, image, standby=True)
+        except Exception as error:  # only a later start's speed suffers
+            log.warning("a standby container for image %s did not start: %s", shape.image_id, error)
+            return
+        finally:
+            self._starting.discard(shape)
+        connected = await self._connected(container)
+        if not connected:
+            log.warning("a standby container for image %s did not connect", shape.image_id)
+            await self._starter.remove(container)
+            return
+        self._waiting[shape] = container
+        while len(self._waiting) > self._limit:
+            oldest = next(iter(self._waiting))
+            self._background(self._starter.remove(self._waiting.pop(oldest)))
+        asyncio.get_running_loop().call_later(self._idle_s, self._expire, shape, container)
+
+    async def _connected(self, container: StartedContainer) -> bool:
+        """Whether the standby's harness connected (it has imported what it needs)."""
+        try:
+            outcome = await container.until_exit(container.link.connected(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            await asyncio.shield(self._starter.remove(container))
+            raise
+        return not isinstance(outcome, ExitStatus)
+
+    def _expire(self, shape: ContainerShape, container: StartedContainer) -> None:
+        if self._waiting.get(shape) is container:
+            del self._waiting[shape]
+            self._background(self._starter.remove(container))
+
+    def _background(self, work: object) -> None:
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        with contextlib.suppress(Exception):
+            log.warning("standby containers: %s", task.exception())

@@ -1,0 +1,175 @@
+"""The standby pool's rules, over a starter that starts nothing (the real one is covered end to
+end in tests/e2e/test_standby.py): one per shape, used once, bounded, expiring, never a dead one."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+from ember.container import ExitStatus
+from ember.imagefs.client import PreparedImage
+from ember.worker.container_start import ContainerShape, StartedContainer
+from ember.worker.standby import StandbyPool
+
+SMALL = ContainerShape("im-small", 0.0, 0)
+BIG = ContainerShape("im-big", 2.0, 4096)
+OTHER = ContainerShape("im-small", 0.0, 512)
+
+
+class Link:
+    def __init__(self, connects: bool) -> None:
+        self._connects = connects
+
+    async def connected(self) -> None:
+        if not self._connects:
+            await asyncio.Event().wait()
+
+
+def prepared(daemon: str) -> PreparedImage:
+    config: Any = None
+    return PreparedImage(Path(), (), config, recorded=True, since=0.0, daemon=daemon)
+
+
+NOW = prepared("daemon-1")
+
+
+class Starter:
+    """Records what the pool asks for; each container's process runs until `exit()`."""
+
+    def __init__(self, connects: bool = True) -> None:
+        self.connects = connects
+        self.image = NOW  # what `prepare` answers
+        self.started: list[tuple[str, ContainerShape, bool]] = []
+        self.removed: list[str] = []
+        self._exits: dict[str, asyncio.Event] = {}
+
+    async def prepare(self, shape: ContainerShape) -> PreparedImage:
+        return self.image
+
+    async def start(
+        self,
+        runtime_id: str,
+        shape: ContainerShape,
+        image: PreparedImage,
+        *,
+        standby: bool = False,
+    ) -> StartedContainer:
+        self.started.append((runtime_id, shape, standby))
+        self._exits[runtime_id] = exit_event = asyncio.Event()
+
+        async def wait() -> ExitStatus:
+            await exit_event.wait()
+            return ExitStatus(exit_code=0, signal=None, oom_killed=False)
+
+        exited = asyncio.create_task(wait())
+        link: Any = Link(self.connects)
+        return StartedContainer(runtime_id, shape, image, link, Path(), Path(), exited)
+
+    async def remove(self, container: StartedContainer) -> None:
+        self.removed.append(container.runtime_id)
+        self.exit(container.runtime_id)
+
+    def exit(self, runtime_id: str) -> None:
+        self._exits[runtime_id].set()
+
+
+def pool(starter: Starter, **kwargs: Any) -> StandbyPool:
+    names = (f"sb-{n}" for n in itertools.count())
+    kwargs = {"delay_s": 0.0, "new_id": lambda: next(names)} | kwargs
+    return StandbyPool(starter, **kwargs)  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_standby_of_a_shape_is_taken_once() -> None:
+    starter = Starter()
+    standbys = pool(starter)
+    assert standbys.take(SMALL, NOW) is None
+    standbys.replenish(SMALL)
+    standbys.replenish(SMALL)  # one is on its way already
+    await settle()
+    assert starter.started == [("sb-0", SMALL, True)]
+    assert standbys.take(OTHER, NOW) is None  # same image, other limits
+    taken = standbys.take(SMALL, NOW)
+    assert taken is not None and taken.runtime_id == "sb-0"
+    assert standbys.take(SMALL, NOW) is None
+    assert starter.removed == []  # the taker's now
+    await standbys.close()
+    assert starter.removed == []
+
+
+async def test_the_oldest_goes_when_more_than_the_limit_wait() -> None:
+    starter = Starter()
+    standbys = pool(starter, limit=2)
+    for shape in (SMALL, BIG, OTHER):
+        standbys.replenish(shape)
+        await settle()
+    await settle()
+    assert starter.removed == ["sb-0"]
+    assert standbys.waiting() == [BIG, OTHER]
+    await standbys.close()
+    assert sorted(starter.removed) == ["sb-0", "sb-1", "sb-2"]
+    assert standbys.waiting() == []
+
+
+async def test_an_unused_standby_expires() -> None:
+    starter = Starter()
+    standbys = pool(starter, idle_s=0.05)
+    standbys.replenish(SMALL)
+    await settle()
+    assert standbys.waiting() == [SMALL]
+    await asyncio.sleep(0.1)
+    await settle()
+    assert standbys.waiting() == []
+    assert starter.removed == ["sb-0"]
+
+
+async def test_a_standby_whose_process_ended_is_not_handed_out() -> None:
+    starter = Starter()
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()
+    starter.exit("sb-0")
+    await settle()
+    assert standbys.take(SMALL, NOW) is None
+    await settle()
+    assert starter.removed == ["sb-0"]
+
+
+async def test_a_standby_on_layers_of_a_daemon_gone_since_is_not_handed_out() -> None:
+    starter = Starter()
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()
+    assert standbys.take(SMALL, prepared("daemon-2")) is None  # the imagefs daemon restarted
+    await settle()
+    assert starter.removed == ["sb-0"]
+
+
+async def test_a_standby_that_exits_before_its_harness_connects_is_removed() -> None:
+    starter = Starter(connects=False)
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()
+    starter.exit("sb-0")
+    await settle()
+    assert standbys.waiting() == []
+    assert starter.removed == ["sb-0"]
+    standbys.replenish(SMALL)  # and the shape may have one again
+    await settle()
+    assert [started[0] for started in starter.started] == ["sb-0", "sb-1"]
+    await standbys.close()
+    assert starter.removed == ["sb-0", "sb-1"]
+
+
+async def test_no_standbys_with_a_limit_of_zero() -> None:
+    starter = Starter()
+    standbys = pool(starter, limit=0)
+    standbys.replenish(SMALL)
+    await settle()
+    assert starter.started == []
