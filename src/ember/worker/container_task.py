@@ -86,6 +86,7 @@ class ContainerTask:
         self._finishing: asyncio.Future[None] | None = None
         self._stream: Any = None  # the exchange stream, once opened
         self._image: PreparedImage | None = None  # the image as prepared for this start
+        self._served_one = False  # a first input has finished
 
     @property
     def container_id(self) -> str:
@@ -192,7 +193,6 @@ class ContainerTask:
             _, text, traceback = hello
             return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, f"{traceback.rstrip()}\n{text}".strip())
         self._ready = True
-        self._standbys.replenish(shape)
         return await self._serve(container)
 
     async def _hello(self, container: StartedContainer) -> tuple[object, ...]:
@@ -325,8 +325,15 @@ class ContainerTask:
                 await self._exchange(want=0, wait_s=0)
                 continue
             self._results.append(result)
-            assert self._image is not None
-            if not self._image.recorded:  # the first start of this image has done its reading
-                self._image = self._image.as_recorded()
-                self._images.first_start_done(self.spec.function.image_id, self._image)
+            if not self._served_one:
+                self._served_one = True
+                self._first_input_done()
             return None
+
+    def _first_input_done(self) -> None:
+        """The cold start is over: save what it read if it was the image's first start, and have
+        a container of this shape start ahead for the next cold start."""
+        assert self._image is not None
+        if not self._image.recorded:
+            self._images.first_start_done(self.spec.function.image_id, self._image)
+        self._standbys.replenish(ContainerShape.of(self.spec.function))

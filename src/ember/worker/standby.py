@@ -1,7 +1,7 @@
 """Standby containers: the first half of a container start, done before anyone asks.
 
-After a container of some shape (image and limits) becomes ready, the pool starts one more of
-that shape in the background: runc run, the interpreter started, `ember` and the serializer
+Once a container of some shape (image and limits) has run its first input, the pool starts one
+more of that shape in the background: runc run, the interpreter started, `ember` and the serializer
 imported, the harness connected and waiting for a function. The next start order of that shape
 takes it and only links in the source and loads the function: on a small image that is most of
 a cold start saved (runc and the interpreter's start-up are 60 ms or more of it).
@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 LIMIT = 4  # unless EMBER_STANDBY_CONTAINERS says otherwise
 IDLE_S = 600.0
-# A standby is started this long after the start that called for it, so that it does not take
-# CPU from that container's first input.
-DELAY_S = 0.5
+# A standby starts this long after the first input of the container that called for it has
+# finished, so that the input's result reaches its caller first.
+DELAY_S = 0.1
 CONNECT_TIMEOUT_S = 60.0
 
 
