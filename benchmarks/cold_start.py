@@ -12,6 +12,12 @@ plane. Two ways to be at zero containers are measured:
 - new app: each sample runs the app afresh (`with app.run():` per sample: a new app and function
   id); the app's set-up (source upload, AppCreate, AppPublish) is not timed, only `.remote()`.
 
+In both, the worker has a standby container of the function's image and limits (it starts one
+after each container's first input, `worker/standby.py`), so a sample links in the source and
+loads the function in an interpreter already running. A third mode measures the same as
+"scaled to zero" on a worker started again with `EMBER_STANDBY_CONTAINERS=0`: every cold start
+runs runc and starts the interpreter, as on a host with no standby of that shape.
+
 The function returns `time.time()` read on its first line; the caller reads `time.time()` just
 before `.remote()`, so "to user code" is the difference (one host, one clock) and "to result" is
 the caller's wall time for the whole call.
@@ -23,6 +29,7 @@ The floor uses ember's own `RuncRuntime` exactly as the worker does (overlay ove
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from pathlib import Path
@@ -64,12 +71,15 @@ def run(samples: int, limit_s: float, state_dir: Path, new_app: bool) -> Outcome
 
     module = load_app("cold_app.py")
     stub = cluster_stub()
-    budget = limit_s / 2 if new_app else limit_s
+    budget = limit_s / (3 if new_app else 2)
     to_user, to_result = _scaled_to_zero(module, stub, samples, budget)
     _report(outcome, "scaled to zero", to_user, to_result, samples, floor_p50, floor_p99, True)
     if new_app:
         to_user, to_result = _new_app(module, stub, samples, budget)
         _report(outcome, "new app", to_user, to_result, samples, floor_p50, floor_p99, False)
+    to_user, to_result = _without_standbys(module, stub, samples, budget)
+    mode = "scaled to zero, no standby"
+    _report(outcome, mode, to_user, to_result, samples, floor_p50, floor_p99, False)
     return outcome
 
 
@@ -139,6 +149,27 @@ def _new_app(
             to_result.append(time.time() - started)
             to_user.append(ran_at - started)
     return to_user, to_result
+
+
+def _without_standbys(
+    module: object, stub: object, samples: int, limit_s: float
+) -> tuple[list[float], list[float]]:
+    """`_scaled_to_zero` on the worker started again with its standbys off (and started again
+    as it was afterwards); one untimed call first, while the new worker registers."""
+    from ember.client import local_cluster
+
+    app, first_line = module.app, module.first_line  # type: ignore[attr-defined]
+    wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+    os.environ["EMBER_STANDBY_CONTAINERS"] = "0"
+    try:
+        local_cluster.restart_worker()
+        with app.run():
+            first_line.remote()
+        return _scaled_to_zero(module, stub, samples, limit_s)
+    finally:
+        del os.environ["EMBER_STANDBY_CONTAINERS"]
+        wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+        local_cluster.restart_worker()
 
 
 def _harness_mounts(state_dir: Path) -> tuple[object, ...]:

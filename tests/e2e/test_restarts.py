@@ -89,3 +89,13 @@ def test_worker_killed_mid_input_cleans_up_and_the_input_runs_again(limits: Any)
         if path.exists()
     ]
     assert not old_cgroups
+
+
+def test_restart_worker_starts_a_new_worker_for_the_same_control_plane(basics: Any) -> None:
+    before = local_cluster.running()
+    assert before is not None
+    after = local_cluster.restart_worker()
+    assert after.worker_pid != before.worker_pid
+    assert (after.address, after.control_pid) == (before.address, before.control_pid)
+    assert local_cluster.running() == after
+    assert basics.square.remote(7) == 49  # the new worker took over

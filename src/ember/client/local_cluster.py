@@ -148,27 +148,40 @@ def start_worker(address: str) -> int:
     return _spawn("worker", ["worker", "--server", address, "--data-dir", str(config.data_dir())])
 
 
-def _stop_processes(timeout_s: float = 30.0) -> list[int]:
+def _stop_process(name: str, timeout_s: float = 30.0) -> int | None:
+    """SIGTERM the cluster's `name` process (SIGKILL after `timeout_s`); its pid if it ran."""
+    pid_text = _read(f"{name}.pid")
+    stopped = None
+    if pid_text is not None and _alive(pid := int(pid_text)):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        stopped = pid
+    (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_processes() -> list[int]:
     """SIGTERM the worker (it removes its containers), then the control plane, then the host's
     imagefs daemon (which outlives worker restarts)."""
-    stopped = []
-    for name in ("worker", "control"):
-        pid_text = _read(f"{name}.pid")
-        if pid_text is None:
-            continue
-        pid = int(pid_text)
-        if _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-            stopped.append(pid)
-        (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
+    stopped = [pid for name in ("worker", "control") if (pid := _stop_process(name)) is not None]
     (cluster_dir() / "address").unlink(missing_ok=True)
     stop_daemon(config.data_dir() / "imagefs")
     return stopped
+
+
+def restart_worker() -> LocalCluster:
+    """Stop the running local cluster's worker (it removes its containers) and start it again,
+    with this process's environment; the control plane carries on."""
+    with _locked():
+        cluster = running()
+        if cluster is None:
+            raise errors.NotFoundError("no local ember cluster is running")
+        _stop_process("worker")
+        return LocalCluster(cluster.address, cluster.control_pid, start_worker(cluster.address))
 
 
 def stop() -> list[int]:

@@ -166,7 +166,7 @@ class ContainerTask:
         source = await self._sources.ensure(self.spec.source_blob_id)
         shape = ContainerShape.of(definition)
         self._image = await self._starter.prepare(shape)
-        container = self._standbys.take(shape, self._image)
+        container = await self._standbys.take(shape, self._image)
         if container is None:
             container = await self._starter.start(self.container_id, shape, self._image)
         self._container = container

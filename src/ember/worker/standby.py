@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ember.container import ExitStatus
 from ember.errors import InvalidError
@@ -32,7 +33,7 @@ LIMIT = 4  # unless EMBER_STANDBY_CONTAINERS says otherwise
 IDLE_S = 600.0
 # A standby starts this long after the first input of the container that called for it has
 # finished, so that the input's result reaches its caller first.
-DELAY_S = 0.1
+DELAY_S = 0.02
 CONNECT_TIMEOUT_S = 60.0
 
 
@@ -47,6 +48,15 @@ def limit_from_env() -> int:
         raise InvalidError(
             f"EMBER_STANDBY_CONTAINERS={configured!r} is not a whole number"
         ) from None
+
+
+@dataclass
+class _Starting:
+    """A standby on its way. A start order that finds none waiting claims it instead, and cuts
+    its delay short."""
+
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    claim: asyncio.Future[StartedContainer | None] | None = None
 
 
 class StandbyPool:
@@ -65,14 +75,24 @@ class StandbyPool:
         self._delay_s = delay_s
         self._new_id = new_id
         self._waiting: dict[ContainerShape, StartedContainer] = {}  # oldest first
-        self._starting: set[ContainerShape] = set()
+        self._starting: dict[ContainerShape, _Starting] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def take(self, shape: ContainerShape, image: PreparedImage) -> StartedContainer | None:
-        """A waiting container of `shape`, now the caller's; None if there is none. `image` is
-        the image as prepared now: a standby on layers of an imagefs daemon that has since
-        gone (or whose process ended) is removed instead."""
+    async def take(self, shape: ContainerShape, image: PreparedImage) -> StartedContainer | None:
+        """A container of `shape`, now the caller's: a waiting one, or one on its way (started
+        at once if it was still waiting out its delay); None if there is none. `image` is the
+        image as prepared now: a standby on layers of an imagefs daemon that has since gone (or
+        whose process ended) is removed instead."""
         container = self._waiting.pop(shape, None)
+        starting = self._starting.get(shape)
+        if container is None and starting is not None and starting.claim is None:
+            starting.claim = asyncio.get_running_loop().create_future()
+            starting.hurry.set()
+            try:
+                container = await asyncio.shield(starting.claim)
+            except asyncio.CancelledError:  # the caller stopped: the container is nobody's
+                starting.claim.add_done_callback(self._remove_claimed)
+                raise
         if container is None:
             return None
         if container.exited.done() or container.image.daemon != image.daemon:
@@ -84,7 +104,7 @@ class StandbyPool:
         """Have a container of `shape` waiting soon, unless one is already (or on its way)."""
         if self._limit <= 0 or shape in self._waiting or shape in self._starting:
             return
-        self._starting.add(shape)
+        self._starting[shape] = _Starting()
         self._background(self._start(shape))
 
     async def close(self) -> None:
@@ -99,15 +119,21 @@ class StandbyPool:
         return list(self._waiting)
 
     async def _start(self, shape: ContainerShape) -> None:
+        starting = self._starting[shape]
+        container = None
         try:
-            await asyncio.sleep(self._delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(starting.hurry.wait(), self._delay_s)
             image = await self._starter.prepare(shape)
             container = await self._starter.start(self._new_id(), shape, image, standby=True)
         except Exception as error:  # only a later start's speed suffers
             log.warning("a standby container for image %s did not start: %s", shape.image_id, error)
-            return
         finally:
-            self._starting.discard(shape)
+            del self._starting[shape]
+            if starting.claim is not None:  # a start order is waiting for it: it is theirs
+                starting.claim.set_result(container)
+        if container is None or starting.claim is not None:
+            return
         connected = await self._connected(container)
         if not connected:
             log.warning("a standby container for image %s did not connect", shape.image_id)
@@ -129,6 +155,10 @@ class StandbyPool:
             await asyncio.shield(self._starter.remove(container))
             raise
         return not isinstance(outcome, ExitStatus)
+
+    def _remove_claimed(self, claim: asyncio.Future[StartedContainer | None]) -> None:
+        if not claim.cancelled() and claim.result() is not None:
+            self._background(self._starter.remove(claim.result()))
 
     def _expire(self, shape: ContainerShape, container: StartedContainer) -> None:
         if self._waiting.get(shape) is container:

@@ -41,6 +41,7 @@ class Starter:
     def __init__(self, connects: bool = True) -> None:
         self.connects = connects
         self.image = NOW  # what `prepare` answers
+        self.gate: asyncio.Event | None = None  # when set, each start waits for it
         self.started: list[tuple[str, ContainerShape, bool]] = []
         self.removed: list[str] = []
         self._exits: dict[str, asyncio.Event] = {}
@@ -57,6 +58,8 @@ class Starter:
         standby: bool = False,
     ) -> StartedContainer:
         self.started.append((runtime_id, shape, standby))
+        if self.gate is not None:
+            await self.gate.wait()
         self._exits[runtime_id] = exit_event = asyncio.Event()
 
         async def wait() -> ExitStatus:
@@ -89,18 +92,50 @@ async def settle() -> None:
 async def test_a_standby_of_a_shape_is_taken_once() -> None:
     starter = Starter()
     standbys = pool(starter)
-    assert standbys.take(SMALL, NOW) is None
+    assert await standbys.take(SMALL, NOW) is None
     standbys.replenish(SMALL)
     standbys.replenish(SMALL)  # one is on its way already
     await settle()
     assert starter.started == [("sb-0", SMALL, True)]
-    assert standbys.take(OTHER, NOW) is None  # same image, other limits
-    taken = standbys.take(SMALL, NOW)
+    assert await standbys.take(OTHER, NOW) is None  # same image, other limits
+    taken = await standbys.take(SMALL, NOW)
     assert taken is not None and taken.runtime_id == "sb-0"
-    assert standbys.take(SMALL, NOW) is None
+    assert await standbys.take(SMALL, NOW) is None
     assert starter.removed == []  # the taker's now
     await standbys.close()
     assert starter.removed == []
+
+
+async def test_a_start_order_takes_a_standby_on_its_way_and_starts_it_at_once() -> None:
+    starter = Starter()
+    standbys = pool(starter, delay_s=60.0)
+    standbys.replenish(SMALL)
+    await settle()
+    assert starter.started == []  # waiting out its delay
+    taken = await asyncio.wait_for(standbys.take(SMALL, NOW), timeout=1.0)
+    assert taken is not None and taken.runtime_id == "sb-0"
+    await settle()
+    assert standbys.waiting() == [] and starter.removed == []
+    standbys.replenish(SMALL)  # the next one
+    await settle()
+    assert [started[0] for started in starter.started] == ["sb-0"]
+    await standbys.close()
+
+
+async def test_a_standby_claimed_by_a_start_that_stopped_is_removed() -> None:
+    starter = Starter()
+    starter.gate = asyncio.Event()
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()
+    taking = asyncio.create_task(standbys.take(SMALL, NOW))
+    await settle()
+    taking.cancel()
+    starter.gate.set()
+    await settle()
+    assert taking.cancelled()
+    assert starter.removed == ["sb-0"]
+    assert standbys.waiting() == []
 
 
 async def test_the_oldest_goes_when_more_than_the_limit_wait() -> None:
@@ -136,7 +171,7 @@ async def test_a_standby_whose_process_ended_is_not_handed_out() -> None:
     await settle()
     starter.exit("sb-0")
     await settle()
-    assert standbys.take(SMALL, NOW) is None
+    assert await standbys.take(SMALL, NOW) is None
     await settle()
     assert starter.removed == ["sb-0"]
 
@@ -146,7 +181,7 @@ async def test_a_standby_on_layers_of_a_daemon_gone_since_is_not_handed_out() ->
     standbys = pool(starter)
     standbys.replenish(SMALL)
     await settle()
-    assert standbys.take(SMALL, prepared("daemon-2")) is None  # the imagefs daemon restarted
+    assert await standbys.take(SMALL, prepared("daemon-2")) is None  # the imagefs daemon restarted
     await settle()
     assert starter.removed == ["sb-0"]
 
