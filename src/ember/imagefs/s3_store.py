@@ -6,6 +6,10 @@ optional), credentials from boto3's usual sources (`AWS_ACCESS_KEY_ID`...). A PU
 object whole, so readers never see half a value; values are immutable, so `put` just writes again.
 One thread-safe client with a pool big enough for the fetcher's threads serves every call. The
 bucket must exist (checked at open, never created here). Only this module imports boto3.
+
+GETs, the one request a host makes by the hundred when a container starts, skip boto3's client:
+it spends about 2 ms of CPU on each (event hooks, endpoint rules, response parsing). The same
+request is signed by botocore's SigV4 signer and sent on a urllib3 pool, for a fraction of that.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import boto3
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ember.errors import InvalidError, NotFoundError
+from ember.errors import ExecutionError, InvalidError, NotFoundError
 from ember.imagefs.store import check_key
 
 # One session for all stores: a client from a warm session takes ms, from a new one ~100 ms.
@@ -63,6 +70,20 @@ class S3ChunkStore:
             self._client: Any = _session.client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=config
             )
+            self._credentials = _session.get_credentials()  # None: requests go unsigned
+        # Where a key's object is, as the client addresses it (path or virtual-host style).
+        probe = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "KEY"}, ExpiresIn=60
+        )
+        self._object_url = probe.split("?", 1)[0].removesuffix("KEY")
+        self._region = self._client.meta.region_name
+        self._http = urllib3.PoolManager(
+            maxsize=64,
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.1, status_forcelist=(500, 502, 503, 504)
+            ),
+            timeout=urllib3.Timeout(connect=10, read=60),
+        )
         try:
             self._client.head_bucket(Bucket=bucket)
         except ClientError as e:
@@ -106,8 +127,22 @@ class S3ChunkStore:
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get(self, key: str) -> bytes:
-        with self._errors(key):
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        request = AWSRequest(method="GET", url=self._object_url + quote(self._key(key), safe="/"))
+        if self._credentials is not None:
+            credentials = self._credentials.get_frozen_credentials()
+            S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
+        response = self._http.request("GET", request.url, headers=dict(request.headers))
+        if response.status == 200:
+            return response.data
+        code = _error_code(response.data)
+        if code == "NoSuchBucket":
+            raise self._no_bucket()
+        if response.status == 404:
+            raise NotFoundError(f"{key} is not in the chunk store at {self.url}")
+        raise ExecutionError(
+            f"reading {key} from the chunk store at {self.url} failed: "
+            f"HTTP {response.status} {code}".rstrip()
+        )
 
     def exists(self, key: str) -> bool:
         try:
@@ -133,6 +168,14 @@ class S3ChunkStore:
 
     def close(self) -> None:
         self._client.close()
+        self._http.clear()
+
+
+def _error_code(body: bytes) -> str:
+    """The `<Code>` of an S3 error response ("" if it has none)."""
+    start = body.find(b"<Code>")
+    end = body.find(b"</Code>", start)
+    return body[start + 6 : end].decode(errors="replace") if 0 <= start < end else ""
 
 
 def _code(e: ClientError) -> str:
