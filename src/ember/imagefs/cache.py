@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import json
 import os
 import threading
@@ -108,10 +109,12 @@ class ImageCache:
             loaded = manifest.from_stored(image_id, blob)
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(cached, blob)  # as stored: writing it out again would take longer
-        with self._lock:
+        with self._lock, manifest.collector_paused():
             if image_id not in self._manifests:
                 self._index(loaded)
                 self._manifests[image_id] = loaded
+                # The index lives as long as the process: later collections need not walk it.
+                gc.freeze()
         return loaded
 
     def metadata_image(self, image_id: str) -> Path:

@@ -11,6 +11,8 @@ so equal trees with equal config are the same image.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,9 +100,10 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        document = json.loads(data)
-        entries = (Entry.from_json(row) for row in document["entries"])
-        return cls({e.path: e for e in entries}, ImageConfig(**document["config"]))
+        with collector_paused():
+            document = json.loads(data)
+            entries = (Entry.from_json(row) for row in document["entries"])
+            return cls({e.path: e for e in entries}, ImageConfig(**document["config"]))
 
     @property
     def image_id(self) -> str:
@@ -115,6 +118,20 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(entry.size for entry in self.files())
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a while. Parsing a large manifest makes some
+    100,000 objects and no cycles: the collector, run again and again as they pile up, would
+    only walk the whole heap each time (it made parsing torch's manifest 2-5x slower)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def image_id_of(manifest_bytes: bytes) -> str:
