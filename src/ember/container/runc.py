@@ -158,7 +158,13 @@ class RuncRuntime:
                 await process.wait()
                 await self._delete(container_id)
         await self._remove_cgroup(container_id)
-        directory = self._containers / container_id
+        # In a thread: right after a container's death its file systems can take a while to let
+        # go (half a second, measured, for one whose imagefs daemon had gone), and the caller's
+        # loop runs every other container meanwhile.
+        await asyncio.to_thread(self._remove_files, self._containers / container_id)
+
+    @staticmethod
+    def _remove_files(directory: Path) -> None:
         for mount_point in overlay.mounts_under(directory):
             overlay.unmount(mount_point)
         if directory.exists():

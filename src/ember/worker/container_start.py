@@ -132,7 +132,7 @@ class ContainerStarter:
     async def remove(self, container: StartedContainer) -> None:
         await self.stop(container)
         await self._runtime.remove(container.runtime_id)
-        _remove_dirs(container.socket_dir, container.app_dir)
+        await asyncio.to_thread(_remove_dirs, container.socket_dir, container.app_dir)
 
     def output_streams(self, container: StartedContainer) -> list[tuple[int, Path]]:
         """The container's output files, as (1 for stdout or 2 for stderr, path)."""

@@ -35,6 +35,10 @@ IDLE_S = 600.0
 # finished, so that the input's result reaches its caller first.
 DELAY_S = 0.02
 CONNECT_TIMEOUT_S = 60.0
+# A standby that cannot be used (its process ended, or its imagefs daemon has gone) is removed
+# this much later, not while the start that found it runs: removing one whose daemon had gone
+# held that start up by 0.1-0.6 s, measured (its file systems letting go).
+STALE_REMOVE_DELAY_S = 5.0
 
 
 def limit_from_env() -> int:
@@ -67,15 +71,18 @@ class StandbyPool:
         limit: int = LIMIT,
         idle_s: float = IDLE_S,
         delay_s: float = DELAY_S,
+        stale_remove_delay_s: float = STALE_REMOVE_DELAY_S,
         new_id: Callable[[], str] = lambda: f"sb-{secrets.token_hex(8)}",
     ) -> None:
         self._starter = starter
         self._limit = limit
         self._idle_s = idle_s
         self._delay_s = delay_s
+        self._stale_remove_delay_s = stale_remove_delay_s
         self._new_id = new_id
         self._waiting: dict[ContainerShape, StartedContainer] = {}  # oldest first
         self._starting: dict[ContainerShape, _Starting] = {}
+        self._stale: dict[str, StartedContainer] = {}  # by runtime id, to be removed soon
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def take(self, shape: ContainerShape, image: PreparedImage) -> StartedContainer | None:
@@ -96,7 +103,9 @@ class StandbyPool:
         if container is None:
             return None
         if container.exited.done() or container.image.daemon != image.daemon:
-            self._background(self._starter.remove(container))
+            self._stale[container.runtime_id] = container
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._stale_remove_delay_s, self._remove_stale, container.runtime_id)
             return None
         return container
 
@@ -112,8 +121,9 @@ class StandbyPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        waiting, self._waiting = list(self._waiting.values()), {}
-        await asyncio.gather(*(self._starter.remove(c) for c in waiting), return_exceptions=True)
+        left = [*self._waiting.values(), *self._stale.values()]
+        self._waiting, self._stale = {}, {}
+        await asyncio.gather(*(self._starter.remove(c) for c in left), return_exceptions=True)
 
     def waiting(self) -> list[ContainerShape]:
         return list(self._waiting)
@@ -155,6 +165,11 @@ class StandbyPool:
             await asyncio.shield(self._starter.remove(container))
             raise
         return not isinstance(outcome, ExitStatus)
+
+    def _remove_stale(self, runtime_id: str) -> None:
+        container = self._stale.pop(runtime_id, None)
+        if container is not None:
+            self._background(self._starter.remove(container))
 
     def _remove_claimed(self, claim: asyncio.Future[StartedContainer | None]) -> None:
         if not claim.cancelled() and claim.result() is not None:

@@ -80,7 +80,7 @@ class Starter:
 
 def pool(starter: Starter, **kwargs: Any) -> StandbyPool:
     names = (f"sb-{n}" for n in itertools.count())
-    kwargs = {"delay_s": 0.0, "new_id": lambda: next(names)} | kwargs
+    kwargs = {"delay_s": 0.0, "stale_remove_delay_s": 0.0, "new_id": lambda: next(names)} | kwargs
     return StandbyPool(starter, **kwargs)  # type: ignore[arg-type]
 
 
@@ -183,6 +183,18 @@ async def test_a_standby_on_layers_of_a_daemon_gone_since_is_not_handed_out() ->
     await settle()
     assert await standbys.take(SMALL, prepared("daemon-2")) is None  # the imagefs daemon restarted
     await settle()
+    assert starter.removed == ["sb-0"]
+
+
+async def test_a_standby_that_cannot_be_used_is_removed_after_a_while_or_at_close() -> None:
+    starter = Starter()
+    standbys = pool(starter, stale_remove_delay_s=60.0)
+    standbys.replenish(SMALL)
+    await settle()
+    assert await standbys.take(SMALL, prepared("daemon-2")) is None
+    await settle()
+    assert starter.removed == []  # not while the start that found it runs
+    await standbys.close()
     assert starter.removed == ["sb-0"]
 
 
