@@ -111,6 +111,9 @@ class S3ChunkStore:
             f"S3 bucket {self.bucket!r} does not exist (chunk store {self.url}); create it first"
         )
 
+    def _no_key(self, key: str) -> NotFoundError:
+        return NotFoundError(f"{key} is not in the chunk store at {self.url}")
+
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         try:
@@ -119,7 +122,7 @@ class S3ChunkStore:
             if _code(e) == "NoSuchBucket":
                 raise self._no_bucket() from None
             if _code(e) in ("NoSuchKey", "404", "NotFound"):
-                raise NotFoundError(f"{key} is not in the chunk store at {self.url}") from None
+                raise self._no_key(key) from None
             raise
 
     def put(self, key: str, data: bytes) -> None:
@@ -138,7 +141,7 @@ class S3ChunkStore:
         if code == "NoSuchBucket":
             raise self._no_bucket()
         if response.status == 404:
-            raise NotFoundError(f"{key} is not in the chunk store at {self.url}")
+            raise self._no_key(key)
         raise ExecutionError(
             f"reading {key} from the chunk store at {self.url} failed: "
             f"HTTP {response.status} {code}".rstrip()

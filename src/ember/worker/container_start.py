@@ -130,8 +130,9 @@ class ContainerStarter:
         await container.link.close()
 
     async def remove(self, container: StartedContainer) -> None:
-        await self.stop(container)
-        await self._runtime.remove(container.runtime_id)
+        """Kill the container if `stop` did not, and delete everything `start` made."""
+        await container.link.close()
+        await self._runtime.remove(container.runtime_id)  # kills what is still running
         await asyncio.to_thread(_remove_dirs, container.socket_dir, container.app_dir)
 
     def output_streams(self, container: StartedContainer) -> list[tuple[int, Path]]:

@@ -8,10 +8,13 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ember.container import ExitStatus
+from ember.errors import InvalidError
 from ember.imagefs.client import PreparedImage
 from ember.worker.container_start import ContainerShape, StartedContainer
-from ember.worker.standby import StandbyPool
+from ember.worker.standby import LIMIT, StandbyPool, limit_from_env
 
 SMALL = ContainerShape("im-small", 0.0, 0)
 BIG = ContainerShape("im-big", 2.0, 4096)
@@ -220,3 +223,13 @@ async def test_no_standbys_with_a_limit_of_zero() -> None:
     standbys.replenish(SMALL)
     await settle()
     assert starter.started == []
+
+
+def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBER_STANDBY_CONTAINERS", raising=False)
+    assert limit_from_env() == LIMIT
+    monkeypatch.setenv("EMBER_STANDBY_CONTAINERS", "0")
+    assert limit_from_env() == 0
+    monkeypatch.setenv("EMBER_STANDBY_CONTAINERS", "two")
+    with pytest.raises(InvalidError, match=r"EMBER_STANDBY_CONTAINERS='two' is not a whole number"):
+        limit_from_env()
