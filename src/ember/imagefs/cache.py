@@ -24,10 +24,12 @@ import bisect
 import contextlib
 import gc
 import json
+import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +41,15 @@ from ember.imagefs.manifest import Entry, Manifest
 from ember.imagefs.metadata import object_path
 from ember.imagefs.store import ChunkStore
 
+log = logging.getLogger(__name__)
+
 FETCH_ATTEMPTS = 3
-PREFETCH_THREADS = 4  # more only contend for the two or so cores a host spares
+# Prefetching reads the pack in ranges of about PACK_RANGE_BYTES (stored bytes), on
+# PREFETCH_THREADS threads: more only take the cores the starting container needs (measured).
+PACK_RANGE_BYTES = 4 << 20
+PREFETCH_THREADS = 2
+PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the manifest is indexed)
+PACK_THREADS = 8  # reading the chunks a recording packs
 
 
 @dataclass
@@ -50,6 +59,27 @@ class CacheStats:
     bytes_transferred: int = 0  # as stored (compressed)
     corrupt_chunks: int = 0
     evicted_objects: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedChunk:
+    """A chunk a start of an image fetched: where its stored bytes are in the image's
+    prefetch pack, and the objects (file digests) it holds: a host that has them all need not
+    fetch it, which it can tell before the manifest is indexed."""
+
+    chunk: str
+    start: int
+    size: int
+    objects: list[str]
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """A chunk fetched and checked ahead, claimed until placed."""
+
+    chunk: str
+    future: Future[None]
+    data: bytes
 
 
 @dataclass
@@ -81,7 +111,7 @@ class ImageCache:
         self._files: dict[str, Entry] = {}  # by content digest, over every loaded image
         self._chunk_refs: dict[str, list[_Reference]] = {}
         self._manifests: dict[str, Manifest] = {}  # loaded and indexed
-        self._inflight: dict[str, Future[bytes]] = {}
+        self._inflight: dict[str, Future[None]] = {}
         self._partials: dict[str, _Partial] = {}
         self._extent_starts: dict[str, list[int]] = {}  # large files: where each extent begins
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
@@ -223,24 +253,37 @@ class ImageCache:
         chunk several threads want at once is fetched by one of them."""
         if self._chunk_placed(chunk_digest):
             return
-        with self._lock:
-            future = self._inflight.get(chunk_digest)
-            owner = future is None
-            if owner:
-                future = self._inflight[chunk_digest] = Future()
+        future, owner = self._claim(chunk_digest)
         if not owner:
             future.result()
             return
         try:
             if not self._chunk_placed(chunk_digest):
                 self._place(chunk_digest, self._fetch(chunk_digest))
-            future.set_result(b"")
         except BaseException as error:
-            future.set_exception(error)
+            self._settle(chunk_digest, future, error)
             raise
-        finally:
-            with self._lock:
-                del self._inflight[chunk_digest]
+        self._settle(chunk_digest, future)
+
+    def _claim(self, chunk_digest: str) -> tuple[Future[None], bool]:
+        """The promise that the chunk will be placed, and whether the caller must keep it (no
+        other thread had made it yet); the keeper settles it."""
+        with self._lock:
+            future = self._inflight.get(chunk_digest)
+            if future is not None:
+                return future, False
+            future = self._inflight[chunk_digest] = Future()
+            return future, True
+
+    def _settle(
+        self, chunk_digest: str, future: Future[None], error: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            del self._inflight[chunk_digest]
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
     def _chunk_placed(self, chunk_digest: str) -> bool:
         for ref in self._chunk_refs.get(chunk_digest, ()):
@@ -263,13 +306,16 @@ class ImageCache:
                 if attempt == FETCH_ATTEMPTS - 1:
                     raise
                 continue
-            with self._lock:
-                self.stats.chunks_fetched += 1
-                self.stats.bytes_fetched += len(data)
-                self.stats.bytes_transferred += len(blob)
-                self._fetch_log.append((time.monotonic(), chunk_digest))
+            self._count_fetched(chunk_digest, data, blob)
             return data
         raise AssertionError("unreachable")
+
+    def _count_fetched(self, chunk_digest: str, data: bytes, blob: bytes) -> None:
+        with self._lock:
+            self.stats.chunks_fetched += 1
+            self.stats.bytes_fetched += len(data)
+            self.stats.bytes_transferred += len(blob)
+            self._fetch_log.append((time.monotonic(), chunk_digest))
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
         objects = str(self.objects)
@@ -322,19 +368,132 @@ class ImageCache:
         return chunks
 
     def save_reads(self, image_id: str, chunks: list[str]) -> None:
-        self.store.put(manifest.reads_key(image_id), json.dumps(chunks).encode())
+        """Record that a start of the image fetched `chunks`, in this order: their stored bytes
+        one after another make the image's prefetch pack (one object, read in a few large
+        ranges instead of one request per chunk), and the recording says where each chunk is
+        in it and which objects it holds. The recording is stored last: once it can be read,
+        the pack is whole."""
+        with ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="ember-pack") as pool:
+            blobs = list(pool.map(self.store.get, map(content.chunk_key, chunks)))
+        document, start = [], 0
+        for chunk, blob in zip(chunks, blobs, strict=True):
+            objects = list(dict.fromkeys(ref.entry.digest for ref in self._chunk_refs[chunk]))
+            document.append({"chunk": chunk, "start": start, "size": len(blob), "objects": objects})
+            start += len(blob)
+        self.store.put(manifest.prefetch_key(image_id), b"".join(blobs))
+        self.store.put(manifest.reads_key(image_id), json.dumps(document).encode())
 
-    def recorded_reads(self, image_id: str) -> list[str] | None:
+    def recorded_reads(self, image_id: str) -> list[RecordedChunk] | None:
         try:
-            return json.loads(self.store.get(manifest.reads_key(image_id)))
+            document = json.loads(self.store.get(manifest.reads_key(image_id)))
         except NotFoundError:
             return None
+        try:
+            return [RecordedChunk(**row) for row in document]
+        except TypeError:  # recorded by an earlier version, with no pack: record it again
+            return None
 
-    def prefetch(self, chunks: list[str], threads: int = PREFETCH_THREADS) -> None:
-        """Fetch `chunks` in parallel, earliest first (they are in the order a start read them)."""
+    def prefetch(
+        self,
+        image_id: str,
+        recorded: list[RecordedChunk],
+        indexed: Future[object],
+        threads: int = PREFETCH_THREADS,
+    ) -> None:
+        """Fetch the recorded chunks from the image's prefetch pack, earliest first (they are
+        in the order a start read them), a range of them at a time, and place them in order.
+
+        Fetching and checking a chunk needs no index, so it starts while the image's manifest
+        is still being parsed; placing needs the index, so it waits for `indexed` (done once
+        the manifest is indexed, or failed with the reason it could not be). At most
+        PREFETCH_AHEAD ranges are fetched and not yet placed. A chunk whose objects the host
+        has is not fetched, nor one another thread is fetching."""
+        errors: list[BaseException] = []
         with ThreadPoolExecutor(threads, thread_name_prefix="ember-prefetch") as pool:
-            for future in [pool.submit(self.ensure_chunk, chunk) for chunk in chunks]:
-                future.result()
+            todo = iter(_ranges(recorded, PACK_RANGE_BYTES))
+            fetching: deque[Future[list[_Fetched]]] = deque()
+
+            def fetch_next() -> None:
+                run = next(todo, None)
+                if run is not None:
+                    fetching.append(pool.submit(self._fetch_range, image_id, run))
+
+            for _ in range(PREFETCH_AHEAD):
+                fetch_next()
+            try:
+                indexed.result()
+                failed = None
+            except BaseException as error:
+                failed = error
+                errors.append(error)
+            while fetching:
+                try:
+                    fetched = fetching.popleft().result()
+                except Exception as error:
+                    errors.append(error)
+                    continue
+                if not errors:  # after an error, a later read fetches what is left
+                    fetch_next()
+                for one in fetched:
+                    try:
+                        self._place_fetched(one, failed)
+                    except Exception as error:
+                        errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def _fetch_range(self, image_id: str, run: list[RecordedChunk]) -> list[_Fetched]:
+        """The chunks of `run` this host lacks, read from the pack in one request, checked
+        and claimed until placed (one the pack holds damaged comes from the store itself)."""
+        wanted = [recorded for recorded in run if not self._has_chunk(recorded)]
+        if not wanted:
+            return []
+        first, last = wanted[0], wanted[-1]
+        length = last.start + last.size - first.start
+        blob = self.store.get(manifest.prefetch_key(image_id), first.start, length)
+        fetched = []
+        for recorded in wanted:
+            future, owner = self._claim(recorded.chunk)
+            if not owner:
+                continue
+            piece = blob[
+                recorded.start - first.start : recorded.start - first.start + recorded.size
+            ]
+            try:
+                data = self._open_packed(recorded.chunk, piece)
+            except BaseException as error:  # the reader that wants it tries again
+                self._settle(recorded.chunk, future, error)
+                log.warning("prefetching chunk %s failed: %s", recorded.chunk, error)
+                continue
+            fetched.append(_Fetched(recorded.chunk, future, data))
+        return fetched
+
+    def _has_chunk(self, recorded: RecordedChunk) -> bool:
+        if recorded.chunk in self._chunk_refs:  # indexed: known exactly
+            return self._chunk_placed(recorded.chunk)
+        return all(self.has_object(digest) for digest in recorded.objects)
+
+    def _open_packed(self, chunk_digest: str, blob: bytes) -> bytes:
+        try:
+            data = content.open_chunk(chunk_digest, blob)
+        except CorruptChunkError:
+            with self._lock:
+                self.stats.corrupt_chunks += 1
+            return self._fetch(chunk_digest)
+        self._count_fetched(chunk_digest, data, blob)
+        return data
+
+    def _place_fetched(self, fetched: _Fetched, failed: BaseException | None) -> None:
+        if failed is not None:  # the image could not be indexed: nothing can be placed
+            self._settle(fetched.chunk, fetched.future, failed)
+            return
+        try:
+            if not self._chunk_placed(fetched.chunk):
+                self._place(fetched.chunk, fetched.data)
+        except BaseException as error:
+            self._settle(fetched.chunk, fetched.future, error)
+            raise
+        self._settle(fetched.chunk, fetched.future)
 
     # -- size bound ----------------------------------------------------------------------------
 
@@ -403,6 +562,18 @@ class ImageCache:
                 self.object_file(digest).unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _ranges(recorded: list[RecordedChunk], limit: int) -> Iterator[list[RecordedChunk]]:
+    """The recording in runs of consecutive chunks of about `limit` stored bytes."""
+    run: list[RecordedChunk] = []
+    for chunk in recorded:
+        run.append(chunk)
+        if chunk.start + chunk.size - run[0].start >= limit:
+            yield run
+            run = []
+    if run:
+        yield run
 
 
 def _write_atomic(path: str | Path, data: bytes | memoryview) -> int:

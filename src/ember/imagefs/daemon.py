@@ -24,6 +24,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import trio
 
 from ember.container import overlay
 from ember.errors import Error
-from ember.imagefs.cache import ImageCache
+from ember.imagefs.cache import ImageCache, RecordedChunk
 from ember.imagefs.fuse import ObjectFS
 from ember.imagefs.manifest import Manifest
 from ember.imagefs.store import open_store
@@ -107,21 +108,39 @@ class Daemon:
         image_id = request["image"]
         target = self.mounts / image_id
         found: dict[str, Any] = {}
+        indexed: Future[Manifest] = Future()
 
         async def fetch(name: str, function: Callable[..., Any], *args: Any) -> None:
             found[name] = await trio.to_thread.run_sync(function, *args)
 
+        async def load() -> None:
+            try:
+                await fetch("loaded", self.cache.load_image, image_id)
+            except BaseException as error:
+                indexed.set_exception(error)
+                raise
+            indexed.set_result(found["loaded"])
+
+        async def prefetch_recorded() -> None:
+            # The recording is small and the prefetch starts as soon as it is here: the chunks
+            # are fetched while the manifest is parsed, and placed once it is indexed.
+            reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)
+            self._recorded[image_id] = reads is not None
+            if reads:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._prefetch, image_id, reads, indexed)
+            found["prefetching"] = len(reads or ())
+
         # Containers of one image start together: one of them fetches and mounts. The manifest,
-        # the metadata image and the recorded reads are fetched at once (the first is parsed for
-        # a good while, and the container waits for all three).
+        # the metadata image and the recorded reads are fetched at once.
         async with self._locks.setdefault(image_id, trio.Lock()):
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(fetch, "loaded", self.cache.load_image, image_id)
+                    nursery.start_soon(load)
                     if image_id not in self._mounted:
                         nursery.start_soon(fetch, "meta", self.cache.metadata_image, image_id)
                     if image_id not in self._recorded:
-                        nursery.start_soon(fetch, "reads", self.cache.recorded_reads, image_id)
+                        nursery.start_soon(prefetch_recorded)
             except BaseExceptionGroup as group:  # the first failure says it (a missing image...)
                 raise _first(group) from None
             loaded: Manifest = found["loaded"]
@@ -132,25 +151,21 @@ class Daemon:
         if time.monotonic() - self._touched.get(image_id, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
             self._touched[image_id] = time.monotonic()  # an LRU stamp; no need at every start
             self.cache.touch_image(loaded)
-        reads = found.get("reads")
-        if "reads" in found:
-            self._recorded[image_id] = reads is not None
-        if reads:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._prefetch, image_id, reads)
         return {
             "metadata": str(target),
             "data_layers": [str(self.cache.objects), str(self.fuse_mount)],
             "config": loaded.config.to_json(),
-            "prefetching": len(reads or ()),
+            "prefetching": found.get("prefetching", 0),
             "recorded": self._recorded.get(image_id, False),
             "now": time.monotonic(),
             "daemon": self.instance,
         }
 
-    async def _prefetch(self, image_id: str, chunks: list[str]) -> None:
+    async def _prefetch(
+        self, image_id: str, recorded: list[RecordedChunk], indexed: Future[Manifest]
+    ) -> None:
         try:
-            await trio.to_thread.run_sync(self.cache.prefetch, chunks)
+            await trio.to_thread.run_sync(self.cache.prefetch, image_id, recorded, indexed)
         except Exception:  # a later read fetches what this could not, or fails itself
             log.exception("prefetching image %s failed", image_id)
 

@@ -150,6 +150,10 @@ def reads_key(image_id: str) -> str:
     return f"images/{image_id}/reads"
 
 
+def prefetch_key(image_id: str) -> str:
+    return f"images/{image_id}/prefetch"
+
+
 def save(store: ChunkStore, manifest: Manifest) -> str:
     """Store the manifest compressed; returns the image id."""
     data = manifest.to_bytes()

@@ -129,14 +129,21 @@ class S3ChunkStore:
         with self._errors(key):
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         request = AWSRequest(method="GET", url=self._object_url + quote(self._key(key), safe="/"))
+        if start or length is not None:
+            end = "" if length is None else start + length - 1
+            request.headers["Range"] = f"bytes={start}-{end}"
         if self._credentials is not None:
             credentials = self._credentials.get_frozen_credentials()
             S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
         response = self._http.request("GET", request.url, headers=dict(request.headers))
-        if response.status == 200:
+        if response.status == 206:
             return response.data
+        if response.status == 200:  # the whole value: a store that ignores ranges, or no range
+            return response.data[start : None if length is None else start + length]
+        if response.status == 416:  # the range starts past the end
+            return b""
         code = _error_code(response.data)
         if code == "NoSuchBucket":
             raise self._no_bucket()

@@ -38,8 +38,9 @@ class ChunkStore(Protocol):
         """Store `data` under `key`, atomically; a no-op if `key` already holds a value."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """The value under `key`; NotFoundError if there is none."""
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        """The value under `key`, or its `length` bytes from `start` (fewer where it ends);
+        NotFoundError if there is none."""
         ...
 
     def exists(self, key: str) -> bool: ...
@@ -85,9 +86,11 @@ class LocalChunkStore:
             Path(temp).unlink(missing_ok=True)
             raise
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with self._path(key).open("rb") as file:
+                file.seek(start)
+                return file.read(-1 if length is None else length)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFoundError(f"{key} is not in the chunk store at {self.url}") from None
 

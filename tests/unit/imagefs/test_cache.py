@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from ember.imagefs import content, manifest
-from ember.imagefs.cache import ImageCache
+from ember.imagefs.cache import ImageCache, RecordedChunk
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.pack import pack_tree
 from ember.imagefs.store import LocalChunkStore
@@ -25,8 +26,8 @@ class CountingStore(LocalChunkStore):
         self.corrupt = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> bytes:
-        data = super().get(key)
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        data = super().get(key, start, length)
         with self._lock:
             self.gets.append(key)
             if key.startswith("chunks/") and self.corrupt > 0:
@@ -156,14 +157,95 @@ def test_a_first_start_records_its_reads_and_another_host_prefetches_them(image,
     first.save_reads(image_id, chunks)
 
     second = ImageCache(tmp_path / "host2", store, 1 << 30)
-    second.load_image(image_id)
-    assert second.recorded_reads(image_id) == chunks
-    before = chunk_gets(store)
-    second.prefetch(chunks)
-    assert chunk_gets(store) == before + 2
+    recorded = second.recorded_reads(image_id)
+    assert [r.chunk for r in recorded] == chunks
+    assert len(recorded[0].objects) == 20  # the small files' pack names every file it holds
+    assert recorded[1].objects == [digest_of(tree, "lib/big.so")]
+    store.gets.clear()
+    second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
+    # One ranged read of the pack brought both, and no chunk was read on its own.
+    assert store.gets == [manifest.manifest_key(image_id), manifest.prefetch_key(image_id)]
+    assert second.stats.chunks_fetched == 2
     second.ensure_object(digest_of(tree, "lib/small5.py"))
     second.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
-    assert chunk_gets(store) == before + 2  # both were there already
+    second.prefetch(image_id, recorded, indexed(None))
+    assert store.gets == [manifest.manifest_key(image_id), manifest.prefetch_key(image_id)]
+
+
+def test_a_recording_of_an_earlier_format_counts_as_none(image, tmp_path) -> None:
+    store, image_id, _ = image
+    store.put(manifest.reads_key(image_id), b'["' + b"ab" * 32 + b'"]')  # chunks, no pack
+    assert new_cache(tmp_path, store).recorded_reads(image_id) is None
+
+
+def test_a_prefetch_fetches_while_the_manifest_is_indexed_and_places_once_it_is(
+    image, tmp_path
+) -> None:
+    store, image_id, tree = image
+    recorded = recording_of(image, tmp_path)
+    cache = new_cache(tmp_path, store)
+    waiting: Future[object] = Future()
+    with ThreadPoolExecutor(1) as pool:
+        prefetch = pool.submit(cache.prefetch, image_id, recorded, waiting)
+        deadline = time.monotonic() + 10
+        while cache.stats.chunks_fetched < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache.stats.chunks_fetched == 2  # fetched and checked with no index...
+        assert not cache.object_file(digest_of(tree, "lib/small5.py")).exists()  # ...not placed
+        waiting.set_result(cache.load_image(image_id))
+        prefetch.result(timeout=10)
+    assert cache.object_file(digest_of(tree, "lib/small5.py")).exists()
+    cache.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
+    assert cache.stats.chunks_fetched == 2 and chunk_gets(store) == 0
+
+
+def test_a_chunk_damaged_in_the_pack_comes_from_the_store_and_is_never_served(
+    image, tmp_path
+) -> None:
+    store, image_id, tree = image
+    recorded = recording_of(image, tmp_path)
+    pack = store.root / manifest.prefetch_key(image_id)
+    damaged = bytearray(pack.read_bytes())
+    damaged[recorded[0].start + 10] ^= 1
+    pack.write_bytes(damaged)
+    cache = new_cache(tmp_path, store)
+    cache.prefetch(image_id, recorded, indexed(cache.load_image(image_id)))
+    assert cache.stats.corrupt_chunks == 1 and chunk_gets(store) == 1
+    small = cache.object_file(digest_of(tree, "lib/small5.py"))
+    assert small.read_bytes() == (tree / "lib/small5.py").read_bytes()
+
+
+def test_a_prefetch_whose_image_cannot_be_indexed_places_nothing_and_holds_nothing(
+    image, tmp_path
+) -> None:
+    store, image_id, tree = image
+    recorded = recording_of(image, tmp_path)
+    cache = new_cache(tmp_path, store)
+    failed: Future[object] = Future()
+    failed.set_exception(content.CorruptChunkError("the manifest is corrupted"))
+    with pytest.raises(content.CorruptChunkError):
+        cache.prefetch(image_id, recorded, failed)
+    assert cache.used_bytes == 0
+    cache.load_image(image_id)  # a later read fetches the chunk itself, nothing left waiting
+    assert cache.ensure_object(digest_of(tree, "lib/small5.py")).exists()
+
+
+def recording_of(image: tuple[CountingStore, str, Path], tmp_path: Path) -> list[RecordedChunk]:
+    """What a first start that read small5.py and a page of big.so records (on another host)."""
+    store, image_id, tree = image
+    first = ImageCache(tmp_path / "recorder", store, 1 << 30)
+    loaded = first.load_image(image_id)
+    first.ensure_object(digest_of(tree, "lib/small5.py"))
+    first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
+    first.save_reads(image_id, first.fetched_since(0.0, loaded))
+    store.gets.clear()
+    return first.recorded_reads(image_id)
+
+
+def indexed(loaded: object) -> Future[object]:
+    done: Future[object] = Future()
+    done.set_result(loaded)
+    return done
 
 
 def test_objects_survive_a_restart_and_partial_files_do_not(image, tmp_path) -> None:

@@ -25,9 +25,20 @@ def test_put_then_get_returns_the_same_bytes(store: ChunkStore, data: bytes) -> 
     assert store.get(f"chunks/{DIGEST}") == data
 
 
+def test_get_of_a_range_returns_those_bytes(store: ChunkStore) -> None:
+    data = os.urandom(100_000)
+    store.put("images/i1/prefetch", data)
+    assert store.get("images/i1/prefetch", 10, 20) == data[10:30]
+    assert store.get("images/i1/prefetch", 99_990, 20) == data[99_990:]  # fewer where it ends
+    assert store.get("images/i1/prefetch", 50_000) == data[50_000:]
+    assert store.get("images/i1/prefetch", 0, 100_000) == data
+
+
 def test_get_of_a_missing_key_names_key_and_store(store: ChunkStore) -> None:
     with pytest.raises(NotFoundError) as info:
         store.get(f"chunks/{DIGEST}")
+    with pytest.raises(NotFoundError):
+        store.get(f"chunks/{DIGEST}", 10, 20)
     assert f"chunks/{DIGEST}" in str(info.value)
     assert store.url in str(info.value)
 
