@@ -80,7 +80,10 @@ class S3ChunkStore:
         self._http = urllib3.PoolManager(
             maxsize=64,
             retries=urllib3.Retry(
-                total=5, backoff_factor=0.1, status_forcelist=(500, 502, 503, 504)
+                total=5,
+                backoff_factor=0.1,
+                status_forcelist=(500, 502, 503, 504),
+                raise_on_status=False,  # the last answer's status makes the error message
             ),
             timeout=urllib3.Timeout(connect=10, read=60),
         )
@@ -137,7 +140,13 @@ class S3ChunkStore:
         if self._credentials is not None:
             credentials = self._credentials.get_frozen_credentials()
             S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
-        response = self._http.request("GET", request.url, headers=dict(request.headers))
+        try:
+            response = self._http.request("GET", request.url, headers=dict(request.headers))
+        except urllib3.exceptions.HTTPError as error:  # no answer at all, even after retries
+            reason = getattr(error, "reason", None) or error
+            raise ExecutionError(
+                f"reading {key} from the chunk store at {self.url} failed: {reason}"
+            ) from None
         if response.status == 206:
             return response.data
         if response.status == 200:  # the whole value: a store that ignores ranges, or no range

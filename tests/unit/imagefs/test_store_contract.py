@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
 import threading
@@ -10,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from ember.errors import InvalidError, NotFoundError
+from ember.errors import ExecutionError, InvalidError, NotFoundError
 from ember.imagefs.s3_store import S3ChunkStore
 from ember.imagefs.store import ChunkStore, open_store
 
@@ -203,3 +204,46 @@ def test_s3_prefixes_keep_stores_apart(s3_bucket: str, s3_endpoint: str) -> None
 def test_bad_s3_urls_are_rejected(url: str) -> None:
     with pytest.raises(InvalidError):
         S3ChunkStore.from_url(url)
+
+
+class FailingS3(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every request with `status` and an S3 error document."""
+
+    status = 403
+
+    def answer(self) -> None:
+        body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status, shown", [(403, "HTTP 403 AccessDenied"), (503, "HTTP 503")])
+def test_s3_errors_name_the_key_the_store_and_the_answer(
+    status: int, shown: str, s3_endpoint: str
+) -> None:
+    # (s3_endpoint: for the dummy credentials it sets; the requests go to a server of our own.)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # Opening carries on past a 403 from the bucket: a key may allow objects, not the bucket.
+        FailingS3.status = 403
+        store = S3ChunkStore("b", endpoint_url=f"http://127.0.0.1:{server.server_port}")
+        FailingS3.status = status
+        with pytest.raises(ExecutionError) as info:
+            store.get(f"chunks/{DIGEST}", 0, 10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"chunks/{DIGEST}" in str(info.value) and store.url in str(info.value)
+    assert shown in str(info.value)
+    with pytest.raises(ExecutionError) as info:  # and once the server is gone
+        store.get(f"chunks/{DIGEST}")
+    assert f"chunks/{DIGEST}" in str(info.value) and "refused" in str(info.value)
