@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,10 @@ class ImageCache:
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
+        # Told (file digest, offset, bytes) each time part of a large file is placed, after it
+        # is: the FUSE server hands it to the kernel's page cache when a container has the
+        # file open. It must not block: the placing thread may hold a chunk others wait for.
+        self.on_extent_placed: Callable[[str, int, memoryview], None] | None = None
         for directory in (self.objects, self.partial, self.images):
             directory.mkdir(parents=True, exist_ok=True)
         for prefix in range(256):  # made once, not checked at every write
@@ -217,6 +221,15 @@ class ImageCache:
             if any(n not in partial.have for n in self._extents_under(file_digest, offset, size)):
                 return None
         return self._read_placed(file_digest, offset, size)
+
+    def placed_extents(self, file_digest: str) -> list[tuple[int, int]]:
+        """Where the extents of a large file that are on this host lie: (offset, length) each,
+        none once the file is complete (it is then a local object)."""
+        with self._lock:
+            partial = self._partials.get(file_digest)
+            have = sorted(partial.have) if partial is not None else []
+        entry, starts = self._entry(file_digest), self._extent_starts.get(file_digest, [0])
+        return [(starts[number], entry.extents[number].length) for number in have]
 
     def _read_placed(self, file_digest: str, offset: int, size: int) -> bytes | None:
         # The file is complete, or still partial: it moves from one to the other (or is
@@ -345,6 +358,8 @@ class ImageCache:
             complete = len(partial.have) == len(ref.entry.extents)
             if complete:
                 del self._partials[digest]
+        if self.on_extent_placed is not None:
+            self.on_extent_placed(digest, ref.file_offset, piece)
         if complete:
             target = self.object_file(digest)
             target.parent.mkdir(exist_ok=True)

@@ -87,6 +87,22 @@ def test_reading_a_page_of_a_large_file_fetches_one_chunk(image, tmp_path) -> No
     assert cache.object_file(digest).read_bytes() == whole  # complete: promoted
 
 
+def test_each_piece_of_a_large_file_placed_is_told_and_listed(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    told: list[tuple[str, int, bytes]] = []
+    cache.on_extent_placed = lambda digest, offset, data: told.append((digest, offset, bytes(data)))
+    big = digest_of(tree, "lib/big.so")
+    cache.read(big, 2 * CHUNK_SIZE + 5, 10)
+    content_of_big = (tree / "lib/big.so").read_bytes()
+    assert told == [(big, 2 * CHUNK_SIZE, content_of_big[2 * CHUNK_SIZE : 3 * CHUNK_SIZE])]
+    assert cache.placed_extents(big) == [(2 * CHUNK_SIZE, CHUNK_SIZE)]
+    cache.read(big, 0, 4 * CHUNK_SIZE)  # the rest: the file is whole, a local object
+    assert [offset for _, offset, _ in told] == [2 * CHUNK_SIZE, 0, CHUNK_SIZE, 3 * CHUNK_SIZE]
+    assert cache.placed_extents(big) == []
+
+
 def test_a_local_read_serves_only_what_the_host_has(image, tmp_path) -> None:
     store, image_id, tree = image
     cache = new_cache(tmp_path, store)
