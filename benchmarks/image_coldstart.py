@@ -789,12 +789,12 @@ def _empty_sample(
     return seconds, watch.fetched(started)
 
 
-def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) -> list[str]:
-    """The first start's recording, once the worker has saved it."""
+def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) -> list[dict]:
+    """The chunks of the first start's recording, once the worker has saved it."""
     deadline = time.monotonic() + READS_TIMEOUT_S
     while time.monotonic() < deadline:
         if store.exists(reads_key(image_id)):
-            return json.loads(store.get(reads_key(image_id)))
+            return json.loads(store.get(reads_key(image_id)))["chunks"]
         time.sleep(0.1)
     raise RuntimeError(f"the first start's reads were not recorded within {READS_TIMEOUT_S:g} s")
 

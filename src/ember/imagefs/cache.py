@@ -50,6 +50,7 @@ PACK_RANGE_BYTES = 4 << 20
 PREFETCH_THREADS = 2
 PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the manifest is indexed)
 PACK_THREADS = 8  # reading the chunks a recording packs
+READS_FORMAT = 2  # what a recording holds; one of another format is made again
 
 
 @dataclass
@@ -390,12 +391,13 @@ class ImageCache:
         the pack is whole."""
         with ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="ember-pack") as pool:
             blobs = list(pool.map(self.store.get, map(content.chunk_key, chunks)))
-        document, start = [], 0
+        rows, start = [], 0
         for chunk, blob in zip(chunks, blobs, strict=True):
             objects = list(dict.fromkeys(ref.entry.digest for ref in self._chunk_refs[chunk]))
-            document.append({"chunk": chunk, "start": start, "size": len(blob), "objects": objects})
+            rows.append({"chunk": chunk, "start": start, "size": len(blob), "objects": objects})
             start += len(blob)
         self.store.put(manifest.prefetch_key(image_id), b"".join(blobs))
+        document = {"format": READS_FORMAT, "chunks": rows}
         self.store.put(manifest.reads_key(image_id), json.dumps(document).encode())
 
     def recorded_reads(self, image_id: str) -> list[RecordedChunk] | None:
@@ -403,10 +405,9 @@ class ImageCache:
             document = json.loads(self.store.get(manifest.reads_key(image_id)))
         except NotFoundError:
             return None
-        try:
-            return [RecordedChunk(**row) for row in document]
-        except TypeError:  # recorded by an earlier version, with no pack: record it again
-            return None
+        if not isinstance(document, dict) or document.get("format") != READS_FORMAT:
+            return None  # recorded by an earlier version: the image is recorded again
+        return [RecordedChunk(**row) for row in document["chunks"]]
 
     def prefetch(
         self,

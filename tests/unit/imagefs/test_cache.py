@@ -192,6 +192,9 @@ def test_a_recording_of_an_earlier_format_counts_as_none(image, tmp_path) -> Non
     store, image_id, _ = image
     store.put(manifest.reads_key(image_id), b'["' + b"ab" * 32 + b'"]')  # chunks, no pack
     assert new_cache(tmp_path, store).recorded_reads(image_id) is None
+    store.delete(manifest.reads_key(image_id))
+    store.put(manifest.reads_key(image_id), b'{"format": 1, "chunks": []}')
+    assert new_cache(tmp_path, store).recorded_reads(image_id) is None
 
 
 def test_a_prefetch_fetches_while_the_manifest_is_indexed_and_places_once_it_is(
