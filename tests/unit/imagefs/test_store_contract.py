@@ -6,6 +6,8 @@ import http.server
 import logging
 import os
 import threading
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -247,3 +249,56 @@ def test_s3_errors_name_the_key_the_store_and_the_answer(
     with pytest.raises(ExecutionError) as info:  # and once the server is gone
         store.get(f"chunks/{DIGEST}")
     assert f"chunks/{DIGEST}" in str(info.value) and "refused" in str(info.value)
+
+
+class ForwardingProxy(http.server.BaseHTTPRequestHandler):
+    """An HTTP proxy that passes each request on and remembers what it was asked for."""
+
+    seen: list[str] = []
+
+    def forward(self) -> None:
+        ForwardingProxy.seen.append(f"{self.command} {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        request = urllib.request.Request(
+            self.path, data=self.rfile.read(length) or None, method=self.command
+        )
+        for name, value in self.headers.items():
+            if name.lower() not in ("host", "proxy-connection", "connection"):
+                request.add_header(name, value)
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            response = direct.open(request)
+        except urllib.error.HTTPError as error:
+            response = error
+        body = response.read()
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_s3_gets_go_through_the_proxy_the_environment_names(
+    s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint).put("images/i1/prefetch", b"0123456789")
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ForwardingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    ForwardingProxy.seen = []
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.delenv("NO_PROXY")
+    try:
+        store = S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint)
+        assert store.get("images/i1/prefetch", 2, 3) == b"234"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert f"GET {s3_endpoint}/{s3_bucket}/images/i1/prefetch" in ForwardingProxy.seen
