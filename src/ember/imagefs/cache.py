@@ -271,13 +271,7 @@ class ImageCache:
         if not owner:
             future.result()
             return
-        try:
-            if not self._chunk_placed(chunk_digest):
-                self._place(chunk_digest, self._fetch(chunk_digest))
-        except BaseException as error:
-            self._settle(chunk_digest, future, error)
-            raise
-        self._settle(chunk_digest, future)
+        self._place_claimed(chunk_digest, future, lambda: self._fetch(chunk_digest))
 
     def _claim(self, chunk_digest: str) -> tuple[Future[None], bool]:
         """The promise that the chunk will be placed, and whether the caller must keep it (no
@@ -288,6 +282,19 @@ class ImageCache:
                 return future, False
             future = self._inflight[chunk_digest] = Future()
             return future, True
+
+    def _place_claimed(
+        self, chunk_digest: str, future: Future[None], data: Callable[[], bytes]
+    ) -> None:
+        """Place a chunk the caller claimed, with `data()` its bytes, unless it is placed
+        already; then settle the claim, with the error if that failed."""
+        try:
+            if not self._chunk_placed(chunk_digest):
+                self._place(chunk_digest, data())
+        except BaseException as error:
+            self._settle(chunk_digest, future, error)
+            raise
+        self._settle(chunk_digest, future)
 
     def _settle(
         self, chunk_digest: str, future: Future[None], error: BaseException | None = None
@@ -503,13 +510,7 @@ class ImageCache:
         if failed is not None:  # the image could not be indexed: nothing can be placed
             self._settle(fetched.chunk, fetched.future, failed)
             return
-        try:
-            if not self._chunk_placed(fetched.chunk):
-                self._place(fetched.chunk, fetched.data)
-        except BaseException as error:
-            self._settle(fetched.chunk, fetched.future, error)
-            raise
-        self._settle(fetched.chunk, fetched.future)
+        self._place_claimed(fetched.chunk, fetched.future, lambda: fetched.data)
 
     # -- size bound ----------------------------------------------------------------------------
 

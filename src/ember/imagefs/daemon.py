@@ -10,8 +10,8 @@ the new worker finds it through the socket. State lives under the cache root:
     mnt/<image id>/    each cached image's erofs metadata image, mounted
 
 Requests: `prepare` (fetch an image's manifest and metadata, mount it, start prefetching what a
-start of it read before), `record` (after a first start: save which chunks it fetched, and the pack of them),
-`stats`, `collect` (garbage-collect images not in a list), `ping`.
+start of it read before), `record` (after a first start: save which chunks it fetched, and the
+pack of them), `stats`, `collect` (garbage-collect images not in a list), `ping`.
 """
 
 from __future__ import annotations
