@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
@@ -208,23 +210,41 @@ def test_bad_s3_urls_are_rejected(url: str) -> None:
         S3ChunkStore.from_url(url)
 
 
-class FailingS3(http.server.BaseHTTPRequestHandler):
-    """An S3 endpoint that answers every request with `status` and an S3 error document."""
-
-    status = 403
-
-    def answer(self) -> None:
-        body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>"
-        self.send_response(self.status)
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def reply(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_GET = do_HEAD = answer
-
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[QuietHandler]) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 for the block, on the port yielded."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class FailingS3(QuietHandler):
+    """An S3 endpoint that answers every request with `status` and an S3 error document."""
+
+    status = 403
+
+    def answer(self) -> None:
+        self.reply(self.status, b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>")
+
+    do_GET = do_HEAD = answer
 
 
 @pytest.mark.parametrize("status, shown", [(403, "HTTP 403 AccessDenied"), (503, "HTTP 503")])
@@ -232,18 +252,13 @@ def test_s3_errors_name_the_key_the_store_and_the_answer(
     status: int, shown: str, s3_endpoint: str
 ) -> None:
     # (s3_endpoint: for the dummy credentials it sets; the requests go to a server of our own.)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingS3)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(FailingS3) as port:
         # Opening carries on past a 403 from the bucket: a key may allow objects, not the bucket.
         FailingS3.status = 403
-        store = S3ChunkStore("b", endpoint_url=f"http://127.0.0.1:{server.server_port}")
+        store = S3ChunkStore("b", endpoint_url=f"http://127.0.0.1:{port}")
         FailingS3.status = status
         with pytest.raises(ExecutionError) as info:
             store.get(f"chunks/{DIGEST}", 0, 10)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert f"chunks/{DIGEST}" in str(info.value) and store.url in str(info.value)
     assert shown in str(info.value)
     with pytest.raises(ExecutionError) as info:  # and once the server is gone
@@ -251,7 +266,7 @@ def test_s3_errors_name_the_key_the_store_and_the_answer(
     assert f"chunks/{DIGEST}" in str(info.value) and "refused" in str(info.value)
 
 
-class ForwardingProxy(http.server.BaseHTTPRequestHandler):
+class ForwardingProxy(QuietHandler):
     """An HTTP proxy that passes each request on and remembers what it was asked for."""
 
     seen: list[str] = []
@@ -270,35 +285,24 @@ class ForwardingProxy(http.server.BaseHTTPRequestHandler):
             response = direct.open(request)
         except urllib.error.HTTPError as error:
             response = error
-        body = response.read()
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        headers = [
+            (name, value)
+            for name, value in response.headers.items()
+            if name.lower() not in ("transfer-encoding", "connection", "content-length")
+        ]
+        self.reply(response.status, response.read(), headers)
 
     do_GET = do_HEAD = forward
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_s3_gets_go_through_the_proxy_the_environment_names(
     s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint).put("images/i1/prefetch", b"0123456789")
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ForwardingProxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
     ForwardingProxy.seen = []
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
-    monkeypatch.delenv("NO_PROXY")
-    try:
+    with serving(ForwardingProxy) as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY")
         store = S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint)
         assert store.get("images/i1/prefetch", 2, 3) == b"234"
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert f"GET {s3_endpoint}/{s3_bucket}/images/i1/prefetch" in ForwardingProxy.seen
