@@ -1,9 +1,12 @@
 """Images defined in code: every builder method seen from inside a container, the build cache,
-failing steps, lazy loading, damaged content, and a worker restart."""
+failing steps, lazy loading, prefetching what a first start read, damaged content, and a worker
+restart."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -163,6 +166,35 @@ def test_a_cold_start_on_an_empty_host_reads_lazily(lazy: Any) -> None:
     assert size > lazy.BIG_MIB << 20
     assert fetched < size * 0.4, (fetched, size)  # python, the harness, and one chunk of big.bin
     assert lazy.checksum_matches.remote() is True  # the rest arrives when read, intact
+
+
+def test_a_later_cold_start_on_an_empty_host_prefetches_what_the_first_read(lazy: Any) -> None:
+    image_id, _ = build(lazy.big_image)
+    store = image_store()
+    big = manifest.load(store, image_id).entries["big.bin"]
+    page = 40 << 20
+    assert lazy.read_page.remote(page) == 4096  # a first start: the worker records what it read
+    deadline = time.monotonic() + 60
+    while not store.exists(manifest.reads_key(image_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    recorded = json.loads(store.get(manifest.reads_key(image_id)))["chunks"]
+    assert big.extents[page >> 20].chunk in [row["chunk"] for row in recorded]
+    pack = store.get(manifest.prefetch_key(image_id))
+    assert len(pack) == sum(row["size"] for row in recorded)  # the recorded chunks, stored again
+
+    empty_host_cache()
+    assert lazy.read_page.remote(0) == 4096  # reads another page; the recorded one comes ahead
+    partial = imagefs_root() / "partial" / big.digest
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError), partial.open("rb") as file:
+            file.seek(page)
+            if any(file.read(4096)):  # random bytes, no longer a hole
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the recorded page of big.bin was not prefetched")
+    assert lazy.checksum_matches.remote() is True  # prefetched and pushed pages are the right ones
 
 
 def test_a_corrupted_chunk_is_detected_and_not_served(lazy: Any) -> None:
