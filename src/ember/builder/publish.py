@@ -1,4 +1,5 @@
-"""Making a manifest an image: its erofs metadata image, then the manifest, into the chunk store.
+"""Making a manifest an image: its erofs metadata image and content index, then the manifest,
+into the chunk store.
 
 The manifest goes last: an image whose manifest can be read is complete.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ember.imagefs import content, manifest
+from ember.imagefs import content, index, manifest
+from ember.imagefs.index import ContentIndex
 from ember.imagefs.manifest import Manifest
 from ember.imagefs.metadata import build_metadata_image
 from ember.imagefs.store import ChunkStore
@@ -27,5 +29,6 @@ def publish(image: Manifest, store: ChunkStore, scratch: Path, *, same_tree_as: 
         blob = content.compress(output.read_bytes())
         output.unlink()
     store.put(manifest.metadata_key(image_id), blob)
+    index.save(store, image_id, ContentIndex.from_manifest(image))
     manifest.save(store, image)
     return image_id

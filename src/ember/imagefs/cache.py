@@ -4,7 +4,7 @@ Layout under the cache root:
 
     objects/<d[:2]>/<d>   complete files by content digest: overlay's first data-only layer
     partial/<d>           large files being filled chunk by chunk (discarded on restart)
-    images/<id>/          a cached image: its manifest and its erofs metadata image
+    images/<id>/          a cached image: its content index and its erofs metadata image
 
 Content is fetched by chunk from the chunk store, checked against its digest (a corrupted chunk
 is fetched again, never served), and written into place atomically. A chunk wanted by several
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -35,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ember.errors import NotFoundError
-from ember.imagefs import content, manifest
+from ember.imagefs import content, index, manifest
 from ember.imagefs.content import CorruptChunkError
-from ember.imagefs.manifest import Entry, Manifest
+from ember.imagefs.index import ChunkRef, ContentIndex, FileContent
 from ember.imagefs.metadata import object_path
 from ember.imagefs.store import ChunkStore
 
@@ -48,7 +47,7 @@ FETCH_ATTEMPTS = 3
 # PREFETCH_THREADS threads: more only take the cores the starting container needs (measured).
 PACK_RANGE_BYTES = 4 << 20
 PREFETCH_THREADS = 2
-PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the manifest is indexed)
+PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the content index loads)
 PACK_THREADS = 8  # reading the chunks a recording packs
 READS_FORMAT = 2  # what a recording holds; one of another format is made again
 
@@ -66,7 +65,7 @@ class CacheStats:
 class RecordedChunk:
     """A chunk a start of an image fetched: where its stored bytes are in the image's
     prefetch pack, and the objects (file digests) it holds: a host that has them all need not
-    fetch it, which it can tell before the manifest is indexed."""
+    fetch it, which it can tell before the image's content index is loaded."""
 
     chunk: str
     start: int
@@ -81,15 +80,6 @@ class _Fetched:
     chunk: str
     future: Future[None]
     data: bytes
-
-
-@dataclass
-class _Reference:
-    """One place a chunk's bytes go: the extent `extent` of the file `entry`."""
-
-    entry: Entry
-    extent: int
-    file_offset: int
 
 
 @dataclass
@@ -109,12 +99,12 @@ class ImageCache:
         self.images = root / "images"
         self.stats = CacheStats()
         self._lock = threading.Lock()
-        self._files: dict[str, Entry] = {}  # by content digest, over every loaded image
-        self._chunk_refs: dict[str, list[_Reference]] = {}
-        self._manifests: dict[str, Manifest] = {}  # loaded and indexed
+        self._indexes: dict[str, ContentIndex] = {}  # loaded images, by id
+        # The same, earliest loaded first, replaced whole (never changed) as images come and go:
+        # lookups walk it without the lock while another thread loads an image.
+        self._loaded: tuple[ContentIndex, ...] = ()
         self._inflight: dict[str, Future[None]] = {}
         self._partials: dict[str, _Partial] = {}
-        self._extent_starts: dict[str, list[int]] = {}  # large files: where each extent begins
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
@@ -131,26 +121,39 @@ class ImageCache:
 
     # -- images --------------------------------------------------------------------------------
 
-    def load_image(self, image_id: str) -> Manifest:
-        """The image's manifest, fetched once per host, with its files added to the index."""
-        known = self._manifests.get(image_id)
-        if known is not None:  # parsing a large manifest takes a while: once per process
+    def load_image(self, image_id: str) -> ContentIndex:
+        """The image's content index, fetched once per host (made from its manifest where the
+        store has none, or a damaged one, and stored for the next host)."""
+        known = self._indexes.get(image_id)
+        if known is not None:
             return known
-        cached = self.images / image_id / "manifest"
+        cached = self.images / image_id / "index"
+        loaded = None
         if cached.is_file():
-            loaded = manifest.from_stored(image_id, cached.read_bytes())
-        else:
-            blob = self.store.get(manifest.manifest_key(image_id))
-            loaded = manifest.from_stored(image_id, blob)
+            with contextlib.suppress(CorruptChunkError):
+                loaded = index.from_stored(cached.read_bytes())
+        if loaded is None:
+            loaded, blob = self._fetch_index(image_id)
             cached.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(cached, blob)  # as stored: writing it out again would take longer
-        with self._lock, manifest.collector_paused():
-            if image_id not in self._manifests:
-                self._index(loaded)
-                self._manifests[image_id] = loaded
-                # The index lives as long as the process: later collections need not walk it.
-                gc.freeze()
-        return loaded
+            _write_atomic(cached, blob)
+        with self._lock:
+            if image_id not in self._indexes:
+                self._indexes[image_id] = loaded
+                self._loaded = (*self._loaded, loaded)
+            return self._indexes[image_id]
+
+    def _fetch_index(self, image_id: str) -> tuple[ContentIndex, bytes]:
+        """The image's content index and its stored form."""
+        try:
+            blob = self.store.get(index.index_key(image_id))
+            return index.from_stored(blob), blob
+        except NotFoundError:  # published before images had one
+            pass
+        except CorruptChunkError as error:
+            log.warning("image %s: %s; making it again from the manifest", image_id, error)
+            self.store.delete(index.index_key(image_id))
+        made = ContentIndex.from_manifest(manifest.load(self.store, image_id))
+        return made, index.save(self.store, image_id, made)
 
     def metadata_image(self, image_id: str) -> Path:
         """The image's erofs metadata image on local disk, fetched if needed."""
@@ -162,25 +165,23 @@ class ImageCache:
         return path
 
     def cached_images(self) -> list[str]:
-        return sorted(p.name for p in self.images.iterdir() if (p / "manifest").is_file())
+        return sorted(p.name for p in self.images.iterdir() if (p / "index").is_file())
 
-    def _index(self, loaded: Manifest) -> None:
-        for entry in loaded.files():
-            if entry.digest in self._files:
-                continue
-            self._files[entry.digest] = entry
-            offset = 0
-            starts = []
-            for number, extent in enumerate(entry.extents):
-                refs = self._chunk_refs.setdefault(extent.chunk, [])
-                refs.append(_Reference(entry, number, offset))
-                starts.append(offset)
-                offset += extent.length
-            if len(starts) > 1:
-                self._extent_starts[entry.digest] = starts
+    def file(self, file_digest: str) -> FileContent | None:
+        """The content of that digest in the earliest loaded image that has it."""
+        for loaded in self._loaded:
+            found = loaded.file(file_digest)
+            if found is not None:
+                return found
+        return None
 
-    def file(self, file_digest: str) -> Entry | None:
-        return self._files.get(file_digest)
+    def _refs(self, chunk_digest: str) -> list[ChunkRef]:
+        """Where the chunk's bytes go, in the earliest loaded image that uses it."""
+        for loaded in self._loaded:
+            refs = loaded.refs(chunk_digest)
+            if refs:
+                return refs
+        return []
 
     # -- objects -------------------------------------------------------------------------------
 
@@ -197,8 +198,7 @@ class ImageCache:
         if self.has_object(file_digest):
             self._touch(file_digest)
             return self.object_file(file_digest)
-        entry = self._entry(file_digest)
-        for extent in entry.extents:
+        for extent in self._file(file_digest).extents:
             self.ensure_chunk(extent.chunk)
         if not self.has_object(file_digest):
             raise NotFoundError(f"object {file_digest} missing after its chunks arrived")
@@ -206,9 +206,9 @@ class ImageCache:
 
     def read(self, file_digest: str, offset: int, size: int) -> bytes:
         """Bytes of a file, fetching only the chunks under them (for large files)."""
-        entry = self._entry(file_digest)
-        for number in self._extents_under(file_digest, offset, size):
-            self.ensure_chunk(entry.extents[number].chunk)
+        found = self._file(file_digest)
+        for number in self._extents_under(found, offset, size):
+            self.ensure_chunk(found.extents[number].chunk)
         data = self._read_placed(file_digest, offset, size)
         return data if data is not None else self.read(file_digest, offset, size)
 
@@ -219,7 +219,8 @@ class ImageCache:
             partial = self._partials.get(file_digest)
             if partial is None:
                 return None
-            if any(n not in partial.have for n in self._extents_under(file_digest, offset, size)):
+            under = self._extents_under(self._file(file_digest), offset, size)
+            if any(number not in partial.have for number in under):
                 return None
         return self._read_placed(file_digest, offset, size)
 
@@ -229,8 +230,8 @@ class ImageCache:
         with self._lock:
             partial = self._partials.get(file_digest)
             have = sorted(partial.have) if partial is not None else []
-        entry, starts = self._entry(file_digest), self._extent_starts.get(file_digest, [0])
-        return [(starts[number], entry.extents[number].length) for number in have]
+        found = self._file(file_digest)
+        return [(found.starts[number], found.extents[number].length) for number in have]
 
     def _read_placed(self, file_digest: str, offset: int, size: int) -> bytes | None:
         # The file is complete, or still partial: it moves from one to the other (or is
@@ -246,19 +247,19 @@ class ImageCache:
                 os.close(fd)
         return None
 
-    def _extents_under(self, file_digest: str, offset: int, size: int) -> range:
+    @staticmethod
+    def _extents_under(found: FileContent, offset: int, size: int) -> range:
         """The numbers of the file's extents that bytes [offset, offset + size) lie in."""
-        starts = self._extent_starts.get(file_digest)
-        if starts is None:
+        if len(found.starts) == 1:
             return range(1)
-        first = bisect.bisect_right(starts, offset) - 1
-        return range(max(first, 0), bisect.bisect_right(starts, offset + max(size, 1) - 1))
+        first = bisect.bisect_right(found.starts, offset) - 1
+        return range(max(first, 0), bisect.bisect_right(found.starts, offset + max(size, 1) - 1))
 
-    def _entry(self, file_digest: str) -> Entry:
-        entry = self._files.get(file_digest)
-        if entry is None:
+    def _file(self, file_digest: str) -> FileContent:
+        found = self.file(file_digest)
+        if found is None:
             raise NotFoundError(f"no loaded image has a file with content {file_digest}")
-        return entry
+        return found
 
     # -- chunks --------------------------------------------------------------------------------
 
@@ -307,10 +308,10 @@ class ImageCache:
             future.set_exception(error)
 
     def _chunk_placed(self, chunk_digest: str) -> bool:
-        for ref in self._chunk_refs.get(chunk_digest, ()):
-            if self.has_object(ref.entry.digest):
+        for ref in self._refs(chunk_digest):
+            if self.has_object(ref.file.digest):
                 continue
-            partial = self._partials.get(ref.entry.digest)
+            partial = self._partials.get(ref.file.digest)
             if partial is None or ref.extent not in partial.have:
                 return False
         return True
@@ -340,52 +341,52 @@ class ImageCache:
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
         objects = str(self.objects)
-        for ref in self._chunk_refs.get(chunk_digest, ()):
-            entry, extent = ref.entry, ref.entry.extents[ref.extent]
-            if self.has_object(entry.digest):
+        for ref in self._refs(chunk_digest):
+            found, extent = ref.file, ref.file.extents[ref.extent]
+            if self.has_object(found.digest):
                 continue
             piece = memoryview(data)[extent.offset : extent.offset + extent.length]
-            if len(entry.extents) == 1:
-                target = f"{objects}/{object_path(entry.digest)}"
-                self._add_object(entry.digest, _write_atomic(target, piece))
+            if len(found.extents) == 1:
+                target = f"{objects}/{object_path(found.digest)}"
+                self._add_object(found.digest, _write_atomic(target, piece))
             else:
                 self._place_extent(ref, piece)
 
-    def _place_extent(self, ref: _Reference, piece: memoryview) -> None:
-        digest = ref.entry.digest
+    def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
+        found = ref.file
+        digest, file_offset = found.digest, found.starts[ref.extent]
         path = self.partial / digest
         with self._lock:
             partial = self._partials.setdefault(digest, _Partial())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
         try:
-            os.pwrite(fd, piece, ref.file_offset)
+            os.pwrite(fd, piece, file_offset)
         finally:
             os.close(fd)
         with self._lock:
             partial.have.add(ref.extent)
-            complete = len(partial.have) == len(ref.entry.extents)
+            complete = len(partial.have) == len(found.extents)
             if complete:
                 del self._partials[digest]
         if self.on_extent_placed is not None:
-            self.on_extent_placed(digest, ref.file_offset, piece)
+            self.on_extent_placed(digest, file_offset, piece)
         if complete:
             target = self.object_file(digest)
             target.parent.mkdir(exist_ok=True)
-            os.truncate(path, ref.entry.size)
+            os.truncate(path, found.size)
             os.replace(path, target)
-            self._add_object(digest, ref.entry.size)
+            self._add_object(digest, found.size)
 
     # -- recording and prefetch -----------------------------------------------------------------
 
-    def fetched_since(self, since: float, image: Manifest) -> list[str]:
+    def fetched_since(self, since: float, image: ContentIndex) -> list[str]:
         """Chunks of `image` fetched since the monotonic time `since`, in fetch order."""
-        wanted = image.chunks()
         with self._lock:
             log = list(self._fetch_log)
         seen: set[str] = set()
         chunks = []
         for at, chunk in log:
-            if at >= since and chunk in wanted and chunk not in seen:
+            if at >= since and image.has_chunk(chunk) and chunk not in seen:
                 seen.add(chunk)
                 chunks.append(chunk)
         return chunks
@@ -400,7 +401,7 @@ class ImageCache:
             blobs = list(pool.map(self.store.get, map(content.chunk_key, chunks)))
         rows, start = [], 0
         for chunk, blob in zip(chunks, blobs, strict=True):
-            objects = list(dict.fromkeys(ref.entry.digest for ref in self._chunk_refs[chunk]))
+            objects = list(dict.fromkeys(ref.file.digest for ref in self._refs(chunk)))
             rows.append({"chunk": chunk, "start": start, "size": len(blob), "objects": objects})
             start += len(blob)
         self.store.put(manifest.prefetch_key(image_id), b"".join(blobs))
@@ -426,9 +427,9 @@ class ImageCache:
         """Fetch the recorded chunks from the image's prefetch pack, earliest first (they are
         in the order a start read them), a range of them at a time, and place them in order.
 
-        Fetching and checking a chunk needs no index, so it starts while the image's manifest
-        is still being parsed; placing needs the index, so it waits for `indexed` (done once
-        the manifest is indexed, or failed with the reason it could not be). At most
+        Fetching and checking a chunk needs no index, so it starts while the image's content
+        index is still being fetched; placing needs the index, so it waits for `indexed` (done
+        once it is loaded, or failed with the reason it could not be). At most
         PREFETCH_AHEAD ranges are fetched and not yet placed. A chunk whose objects the host
         has is not fetched, nor one another thread is fetching."""
         errors: list[BaseException] = []
@@ -492,7 +493,7 @@ class ImageCache:
         return fetched
 
     def _has_chunk(self, recorded: RecordedChunk) -> bool:
-        if recorded.chunk in self._chunk_refs:  # indexed: known exactly
+        if any(loaded.has_chunk(recorded.chunk) for loaded in self._loaded):  # known exactly
             return self._chunk_placed(recorded.chunk)
         return all(self.has_object(digest) for digest in recorded.objects)
 
@@ -507,7 +508,7 @@ class ImageCache:
         return data
 
     def _place_fetched(self, fetched: _Fetched, failed: BaseException | None) -> None:
-        if failed is not None:  # the image could not be indexed: nothing can be placed
+        if failed is not None:  # the image's index could not be loaded: nothing can be placed
             self._settle(fetched.chunk, fetched.future, failed)
             return
         self._place_claimed(fetched.chunk, fetched.future, lambda: fetched.data)
@@ -536,12 +537,12 @@ class ImageCache:
             if file_digest in self._usage:
                 self._usage.move_to_end(file_digest)
 
-    def touch_image(self, loaded: Manifest) -> None:
+    def touch_image(self, loaded: ContentIndex) -> None:
         """Mark every object of `loaded` as just used (it is starting a container)."""
         with self._lock:
-            for entry in loaded.files():
-                if entry.digest in self._usage:
-                    self._usage.move_to_end(entry.digest)
+            for digest in loaded.files:
+                if digest in self._usage:
+                    self._usage.move_to_end(digest)
 
     def _add_object(self, file_digest: str, size: int) -> None:
         with self._lock:
@@ -568,10 +569,12 @@ class ImageCache:
         kept_digests: set[str] = set()
         for image_id in self.cached_images():
             if image_id in keep_images:
-                kept_digests.update(e.digest for e in self.load_image(image_id).files())
+                kept_digests.update(self.load_image(image_id).files)
             else:
                 _remove_tree(self.images / image_id)
-                self._manifests.pop(image_id, None)
+                with self._lock:
+                    dropped = self._indexes.pop(image_id, None)
+                    self._loaded = tuple(i for i in self._loaded if i is not dropped)
         removed = 0
         with self._lock:
             for digest in [d for d in self._usage if d not in kept_digests]:

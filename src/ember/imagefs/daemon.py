@@ -9,7 +9,7 @@ the new worker finds it through the socket. State lives under the cache root:
     fuse/              the FUSE mount (overlay's last data-only layer)
     mnt/<image id>/    each cached image's erofs metadata image, mounted
 
-Requests: `prepare` (fetch an image's manifest and metadata, mount it, start prefetching what a
+Requests: `prepare` (fetch an image's content index and metadata, mount it, start prefetching what a
 start of it read before), `record` (after a first start: save which chunks it fetched, and the
 pack of them), `stats`, `collect` (garbage-collect images not in a list), `ping`.
 """
@@ -35,7 +35,7 @@ from ember.container import overlay
 from ember.errors import Error
 from ember.imagefs.cache import ImageCache, RecordedChunk
 from ember.imagefs.fuse import ObjectFS
-from ember.imagefs.manifest import Manifest
+from ember.imagefs.index import ContentIndex
 from ember.imagefs.store import open_store
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Daemon:
         image_id = request["image"]
         target = self.mounts / image_id
         found: dict[str, Any] = {}
-        indexed: Future[Manifest] = Future()
+        indexed: Future[ContentIndex] = Future()
 
         async def fetch(name: str, function: Callable[..., Any], *args: Any) -> None:
             found[name] = await trio.to_thread.run_sync(function, *args)
@@ -123,7 +123,7 @@ class Daemon:
 
         async def prefetch_recorded() -> None:
             # The recording is small and the prefetch starts as soon as it is here: the chunks
-            # are fetched while the manifest is parsed, and placed once it is indexed.
+            # are fetched while the content index is read, and placed once it is loaded.
             reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)
             self._recorded[image_id] = reads is not None
             if reads:
@@ -131,8 +131,8 @@ class Daemon:
                 self._nursery.start_soon(self._prefetch, image_id, reads, indexed)
             found["prefetching"] = len(reads or ())
 
-        # Containers of one image start together: one of them fetches and mounts. The manifest,
-        # the metadata image and the recorded reads are fetched at once.
+        # Containers of one image start together: one of them fetches and mounts. The content
+        # index, the metadata image and the recorded reads are fetched at once.
         async with self._locks.setdefault(image_id, trio.Lock()):
             try:
                 async with trio.open_nursery() as nursery:
@@ -143,7 +143,7 @@ class Daemon:
                         nursery.start_soon(prefetch_recorded)
             except BaseExceptionGroup as group:  # the first failure says it (a missing image...)
                 raise _first(group) from None
-            loaded: Manifest = found["loaded"]
+            loaded: ContentIndex = found["loaded"]
             if image_id not in self._mounted:
                 target.mkdir(parents=True, exist_ok=True)
                 overlay.mount(found["meta"], target, "erofs", readonly=True)
@@ -162,7 +162,7 @@ class Daemon:
         }
 
     async def _prefetch(
-        self, image_id: str, recorded: list[RecordedChunk], indexed: Future[Manifest]
+        self, image_id: str, recorded: list[RecordedChunk], indexed: Future[ContentIndex]
     ) -> None:
         try:
             await trio.to_thread.run_sync(self.cache.prefetch, image_id, recorded, indexed)

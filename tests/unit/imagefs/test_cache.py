@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ember.imagefs import content, manifest
+from ember.imagefs import content, index, manifest
 from ember.imagefs.cache import ImageCache, RecordedChunk
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
+from ember.imagefs.index import ContentIndex
 from ember.imagefs.pack import pack_tree
 from ember.imagefs.store import LocalChunkStore
 
@@ -45,7 +46,9 @@ def image(tmp_path: Path) -> tuple[CountingStore, str, Path]:
     (tree / "lib/big.so").write_bytes(os.urandom(4 * CHUNK_SIZE))
     store = CountingStore(tmp_path / "store")
     built, _ = pack_tree(tree, store)
-    return store, manifest.save(store, built), tree
+    image_id = manifest.save(store, built)
+    index.save(store, image_id, ContentIndex.from_manifest(built))  # as a build publishes it
+    return store, image_id, tree
 
 
 def digest_of(tree: Path, path: str) -> str:
@@ -70,6 +73,36 @@ def test_opening_a_small_file_fetches_its_pack_and_every_object_in_it(image, tmp
     # Its neighbours came with it: no more fetches.
     cache.ensure_object(digest_of(tree, "lib/small17.py"))
     assert chunk_gets(store) == 1
+
+
+def test_an_image_is_loaded_from_its_content_index_without_its_manifest(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    assert cache.load_image(image_id).file(digest_of(tree, "lib/small3.py")) is not None
+    assert store.gets == [index.index_key(image_id)]
+    assert cache.cached_images() == [image_id]
+    assert new_cache(tmp_path, store).load_image(image_id)  # a restarted daemon: from its disk
+    assert store.gets == [index.index_key(image_id)]
+
+
+@pytest.mark.parametrize("stored", ["none", "damaged"])
+def test_an_image_without_a_sound_index_is_indexed_from_its_manifest_for_every_later_host(
+    image, tmp_path, stored
+) -> None:
+    store, image_id, tree = image
+    key = index.index_key(image_id)
+    sound = store.get(key)
+    store.delete(key)
+    if stored == "damaged":
+        store.put(key, sound[:-20])
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    assert manifest.manifest_key(image_id) in store.gets
+    assert index.from_stored(store.get(key)).files == index.from_stored(sound).files
+    assert (
+        cache.ensure_object(digest_of(tree, "lib/small3.py")).read_bytes()
+        == (tree / "lib/small3.py").read_bytes()
+    )
 
 
 def test_reading_a_page_of_a_large_file_fetches_one_chunk(image, tmp_path) -> None:
@@ -180,12 +213,12 @@ def test_a_first_start_records_its_reads_and_another_host_prefetches_them(image,
     store.gets.clear()
     second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
     # One ranged read of the pack brought both, and no chunk was read on its own.
-    assert store.gets == [manifest.manifest_key(image_id), manifest.prefetch_key(image_id)]
+    assert store.gets == [index.index_key(image_id), manifest.prefetch_key(image_id)]
     assert second.stats.chunks_fetched == 2
     second.ensure_object(digest_of(tree, "lib/small5.py"))
     second.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
     second.prefetch(image_id, recorded, indexed(None))
-    assert store.gets == [manifest.manifest_key(image_id), manifest.prefetch_key(image_id)]
+    assert store.gets == [index.index_key(image_id), manifest.prefetch_key(image_id)]
 
 
 def test_a_recording_of_an_earlier_format_counts_as_none(image, tmp_path) -> None:
