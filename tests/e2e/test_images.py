@@ -244,6 +244,9 @@ def test_the_cli_lists_inspects_and_removes_images(cluster: Any) -> None:
     inspected = ember_cli("image", "inspect", image_id, env=wide)
     assert inspected.returncode == 0, inspected.stderr
     assert "debian_slim" in inspected.stdout and f"echo {marker} > /gc.txt" in inspected.stdout
+    configured, _ = build(ember.Image.debian_slim().workdir(f"/srv/{marker}"))
+    shown = ember_cli("image", "inspect", configured, env=wide)
+    assert f"workdir  /srv/{marker}" in shown.stdout  # the config, from the content index
 
     removed = ember_cli("image", "rm", image_id, env=wide)
     assert removed.returncode == 0, removed.stderr

@@ -133,7 +133,7 @@ class ImageCache:
             with contextlib.suppress(CorruptChunkError):
                 loaded = index.from_stored(cached.read_bytes())
         if loaded is None:
-            loaded, blob = self._fetch_index(image_id)
+            loaded, blob = index.load(self.store, image_id)
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(cached, blob)
         with self._lock:
@@ -141,19 +141,6 @@ class ImageCache:
                 self._indexes[image_id] = loaded
                 self._loaded = (*self._loaded, loaded)
             return self._indexes[image_id]
-
-    def _fetch_index(self, image_id: str) -> tuple[ContentIndex, bytes]:
-        """The image's content index and its stored form."""
-        try:
-            blob = self.store.get(index.index_key(image_id))
-            return index.from_stored(blob), blob
-        except NotFoundError:  # published before images had one
-            pass
-        except CorruptChunkError as error:
-            log.warning("image %s: %s; making it again from the manifest", image_id, error)
-            self.store.delete(index.index_key(image_id))
-        made = ContentIndex.from_manifest(manifest.load(self.store, image_id))
-        return made, index.save(self.store, image_id, made)
 
     def metadata_image(self, image_id: str) -> Path:
         """The image's erofs metadata image on local disk, fetched if needed."""

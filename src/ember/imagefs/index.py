@@ -16,14 +16,18 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import sys
 from array import array
 from typing import NamedTuple
 
-from ember.imagefs import content
+from ember.errors import NotFoundError
+from ember.imagefs import content, manifest
 from ember.imagefs.content import CorruptChunkError
 from ember.imagefs.manifest import Extent, ImageConfig, Manifest
 from ember.imagefs.store import ChunkStore
+
+log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
 _MAGIC = b"ember content index\n"
@@ -260,3 +264,18 @@ def from_stored(blob: bytes) -> ContentIndex:
     except Exception as error:  # zstd's own error type, or a frame that is not zstd at all
         raise CorruptChunkError(f"the content index is damaged: {error}") from None
     return ContentIndex.from_bytes(data)
+
+
+def load(store: ChunkStore, image_id: str) -> tuple[ContentIndex, bytes]:
+    """The image's content index and its stored form. Where the store has none (an image
+    published before images had one) or a damaged one, it is made from the manifest and stored."""
+    try:
+        blob = store.get(index_key(image_id))
+        return from_stored(blob), blob
+    except NotFoundError:
+        pass
+    except CorruptChunkError as error:
+        log.warning("image %s: %s; making it again from the manifest", image_id, error)
+        store.delete(index_key(image_id))
+    made = ContentIndex.from_manifest(manifest.load(store, image_id))
+    return made, save(store, image_id, made)

@@ -21,7 +21,7 @@ from ember.control.clock import Clock
 from ember.control.ids import new_id
 from ember.control.scheduler.cluster import Cluster
 from ember.control.store import ImageRecord, Store
-from ember.imagefs import content, manifest
+from ember.imagefs import content, index, manifest
 from ember.imagefs.store import ChunkStore
 from ember.proto import api_pb2
 
@@ -166,9 +166,8 @@ class ImageBuilds:
             queue.put_nowait(report)
 
     async def info(self, record: ImageRecord) -> api_pb2.ImageInfo:
-        """The record with the image's config, read from its manifest (slow for large images:
-        for `ember image inspect`, not for builds)."""
-        loaded = await asyncio.to_thread(manifest.load, self._chunks, record.image_id)
+        """The record with the image's config, read from its content index."""
+        loaded, _ = await asyncio.to_thread(index.load, self._chunks, record.image_id)
         info = _summary(record)
         info.env_json = json.dumps(loaded.config.env)
         info.workdir = loaded.config.workdir
