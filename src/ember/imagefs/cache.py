@@ -412,7 +412,9 @@ class ImageCache:
         threads: int = PREFETCH_THREADS,
     ) -> None:
         """Fetch the recorded chunks from the image's prefetch pack, earliest first (they are
-        in the order a start read them), a range of them at a time, and place them in order.
+        in the order a start read them), a range of them at a time, check each chunk as a task
+        of its own (the threads check the earliest chunks together: the container waits for
+        them, right behind the prefetch), and place them in order.
 
         Fetching and checking a chunk needs no index, so it starts while the image's content
         index is still being fetched; placing needs the index, so it waits for `indexed` (done
@@ -422,12 +424,12 @@ class ImageCache:
         errors: list[BaseException] = []
         with ThreadPoolExecutor(threads, thread_name_prefix="ember-prefetch") as pool:
             todo = iter(_ranges(recorded, PACK_RANGE_BYTES))
-            fetching: deque[Future[list[_Fetched]]] = deque()
+            fetching: deque[Future[list[Future[_Fetched | None]]]] = deque()
 
             def fetch_next() -> None:
                 run = next(todo, None)
                 if run is not None:
-                    fetching.append(pool.submit(self._fetch_range, image_id, run))
+                    fetching.append(pool.submit(self._fetch_range, image_id, run, pool))
 
             for _ in range(PREFETCH_AHEAD):
                 fetch_next()
@@ -439,30 +441,37 @@ class ImageCache:
                 errors.append(error)
             while fetching:
                 try:
-                    fetched = fetching.popleft().result()
+                    checks = fetching.popleft().result()
                 except Exception as error:
                     errors.append(error)
                     continue
                 if not errors:  # after an error, a later read fetches what is left
                     fetch_next()
-                for one in fetched:
+                for check in checks:
+                    fetched = check.result()  # a check that failed settled its claim itself
+                    if fetched is None:
+                        continue
                     try:
-                        self._place_fetched(one, failed)
+                        self._place_fetched(fetched, failed)
                     except Exception as error:
                         errors.append(error)
         if errors:
             raise errors[0]
 
-    def _fetch_range(self, image_id: str, run: list[RecordedChunk]) -> list[_Fetched]:
-        """The chunks of `run` this host lacks, read from the pack in one request, checked
-        and claimed until placed (one the pack holds damaged comes from the store itself)."""
+    def _fetch_range(
+        self, image_id: str, run: list[RecordedChunk], pool: ThreadPoolExecutor
+    ) -> list[Future[_Fetched | None]]:
+        """The chunks of `run` this host lacks, read from the pack in one request and claimed
+        until placed; each is checked as a task of its own on `pool`, so that the threads check
+        the earliest chunks together instead of a range each (the container waits for the
+        earliest)."""
         wanted = [recorded for recorded in run if not self._has_chunk(recorded)]
         if not wanted:
             return []
         first, last = wanted[0], wanted[-1]
         length = last.start + last.size - first.start
         blob = self.store.get(manifest.prefetch_key(image_id), first.start, length)
-        fetched = []
+        checks = []
         for recorded in wanted:
             future, owner = self._claim(recorded.chunk)
             if not owner:
@@ -470,14 +479,22 @@ class ImageCache:
             piece = blob[
                 recorded.start - first.start : recorded.start - first.start + recorded.size
             ]
-            try:
-                data = self._open_packed(recorded.chunk, piece)
-            except BaseException as error:  # the reader that wants it tries again
-                self._settle(recorded.chunk, future, error)
-                log.warning("prefetching chunk %s failed: %s", recorded.chunk, error)
-                continue
-            fetched.append(_Fetched(recorded.chunk, future, data))
-        return fetched
+            checks.append(pool.submit(self._check_packed, recorded.chunk, future, piece))
+        return checks
+
+    def _check_packed(
+        self, chunk_digest: str, future: Future[None], blob: bytes
+    ) -> _Fetched | None:
+        """A claimed chunk from its bytes in the pack, checked; one the pack holds damaged comes
+        from the store itself. None if that failed too: the claim is settled with the error,
+        and the reader that wants the chunk tries again."""
+        try:
+            data = self._open_packed(chunk_digest, blob)
+        except BaseException as error:
+            self._settle(chunk_digest, future, error)
+            log.warning("prefetching chunk %s failed: %s", chunk_digest, error)
+            return None
+        return _Fetched(chunk_digest, future, data)
 
     def _has_chunk(self, recorded: RecordedChunk) -> bool:
         if any(loaded.has_chunk(recorded.chunk) for loaded in self._loaded):  # known exactly
