@@ -125,12 +125,7 @@ class ContentIndex:
 
     def file(self, file_digest: str) -> FileContent | None:
         number = self._file_numbers.get(file_digest)
-        if number is None:
-            return None
-        made = self._made.get(number)
-        if made is None:
-            made = self._made[number] = self._make_file(number)
-        return made
+        return None if number is None else self._file_at(number)
 
     def refs(self, chunk_digest: str) -> list[ChunkRef]:
         """Where the chunk's bytes go: none if the image does not use it."""
@@ -141,18 +136,19 @@ class ContentIndex:
         first, last = self._chunk_first_ref[number], self._chunk_first_ref[number + 1]
         for extent in self._ref_extent[first:last]:
             file_number = bisect.bisect_right(self._first_extent, extent) - 1
-            made = self.file(self.files[file_number])
-            assert made is not None
-            refs.append(ChunkRef(made, extent - self._first_extent[file_number]))
+            refs.append(
+                ChunkRef(self._file_at(file_number), extent - self._first_extent[file_number])
+            )
         return refs
 
     def has_chunk(self, chunk_digest: str) -> bool:
         return chunk_digest in self._chunk_numbers
 
-    @property
-    def size(self) -> int:
-        """Bytes of content, each distinct file counted once."""
-        return sum(self._sizes)
+    def _file_at(self, number: int) -> FileContent:
+        made = self._made.get(number)
+        if made is None:
+            made = self._made[number] = self._make_file(number)
+        return made
 
     def _make_file(self, number: int) -> FileContent:
         first, last = self._first_extent[number], self._first_extent[number + 1]
