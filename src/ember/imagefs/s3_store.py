@@ -142,7 +142,8 @@ class S3ChunkStore:
             raise ExecutionError(
                 f"reading {key} from the chunk store at {self.url} failed: {reason}"
             ) from None
-        if response.status == 206:
+        # Some servers answer a range with 200 and a Content-Range (rclone's): that is the range.
+        if response.status == 206 or "Content-Range" in response.headers:
             return response.data
         if response.status == 200:  # the whole value: a store that ignores ranges, or no range
             return response.data[start : None if length is None else start + length]

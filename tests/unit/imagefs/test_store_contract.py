@@ -306,3 +306,34 @@ def test_s3_gets_go_through_the_proxy_the_environment_names(
         store = S3ChunkStore(s3_bucket, endpoint_url=s3_endpoint)
         assert store.get("images/i1/prefetch", 2, 3) == b"234"
     assert f"GET {s3_endpoint}/{s3_bucket}/images/i1/prefetch" in ForwardingProxy.seen
+
+
+class RangesWith200(QuietHandler):
+    """An S3 endpoint holding one value that answers a range with 200 and a Content-Range (as
+    `rclone serve s3` does), or ignores ranges altogether."""
+
+    value = bytes(range(256)) * 4
+    ignore_ranges = False
+
+    def answer(self) -> None:
+        wanted = self.headers.get("Range")
+        if self.command == "HEAD" or wanted is None or self.ignore_ranges:
+            self.reply(200, self.value)
+            return
+        first, last = (int(bound) for bound in wanted.removeprefix("bytes=").split("-"))
+        total = len(self.value)
+        self.reply(
+            200, self.value[first : last + 1], [("Content-Range", f"bytes {first}-{last}/{total}")]
+        )
+
+    do_GET = do_HEAD = answer
+
+
+@pytest.mark.parametrize("ignore_ranges", [False, True])
+def test_s3_ranges_answered_with_200_are_read_right(ignore_ranges: bool, s3_endpoint: str) -> None:
+    # (s3_endpoint: for the dummy credentials it sets; the requests go to a server of our own.)
+    RangesWith200.ignore_ranges = ignore_ranges
+    with serving(RangesWith200) as port:
+        store = S3ChunkStore("b", endpoint_url=f"http://127.0.0.1:{port}")
+        assert store.get("images/i1/prefetch", 300, 5) == RangesWith200.value[300:305]
+        assert store.get("images/i1/prefetch", 0, 3) == RangesWith200.value[:3]
