@@ -604,7 +604,9 @@ class Measured:
     index_load_s: float | None = None  # loading image T's content index from the store
     first_ever_s: float | None = None
     first_ever_fetched: Fetched | None = None
-    recorded_chunks: int = 0
+    recorded_chunks: int = 0  # chunks of small files in the recording
+    recorded_pieces: int = 0  # pieces of large files in it
+    recorded_piece_bytes: int = 0
     daemon_start: list[float] = field(default_factory=list)
     empty: list[float] = field(default_factory=list)
     empty_fetched: list[Fetched] = field(default_factory=list)
@@ -750,8 +752,11 @@ def _first_ever(
     log(
         f"  first start ever: {got.first_ever_s * 1000:.0f} ms, {_fetch_text(got.first_ever_fetched)}"
     )
-    got.recorded_chunks = len(_wait_for_reads(store, got.image_id, manifest.reads_key))
-    log(f"  its recorded reads: {got.recorded_chunks} chunks")
+    recorded = _wait_for_reads(store, got.image_id, manifest.reads_key)
+    pieces = [row for row in recorded if "file" in row]
+    got.recorded_chunks, got.recorded_pieces = len(recorded) - len(pieces), len(pieces)
+    got.recorded_piece_bytes = sum(row["length"] for row in pieces)
+    log(f"  its recorded reads: {_recorded_text(got)}")
 
 
 def _cold(
@@ -794,13 +799,21 @@ def _empty_sample(
 
 
 def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) -> list[dict]:
-    """The chunks of the first start's recording, once the worker has saved it."""
+    """The first start's recording (chunks of small files, pieces of large ones), once the worker
+    has saved it."""
     deadline = time.monotonic() + READS_TIMEOUT_S
     while time.monotonic() < deadline:
         if store.exists(reads_key(image_id)):
-            return json.loads(store.get(reads_key(image_id)))["chunks"]
+            return json.loads(store.get(reads_key(image_id)))["reads"]
         time.sleep(0.1)
     raise RuntimeError(f"the first start's reads were not recorded within {READS_TIMEOUT_S:g} s")
+
+
+def _recorded_text(got: Measured) -> str:
+    return (
+        f"{got.recorded_chunks} chunks of small files, {got.recorded_pieces} pieces of large "
+        f"files ({got.recorded_piece_bytes / MB:.0f} MB)"
+    )
 
 
 def _fetch_text(fetched: Fetched) -> str:
@@ -1191,7 +1204,7 @@ def _details(got: Measured) -> list[str]:
     if got.first_ever_s is not None and got.first_ever_fetched is not None:
         lines.append(
             f"first start ever: {got.first_ever_s * 1000:.0f} ms, "
-            f"{_fetch_text(got.first_ever_fetched)}; {got.recorded_chunks} chunks recorded"
+            f"{_fetch_text(got.first_ever_fetched)}; recorded {_recorded_text(got)}"
         )
     for label, values, fetched in (
         ("empty host", got.empty, got.empty_fetched),

@@ -30,12 +30,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ember.errors import NotFoundError
 from ember.imagefs import content, index, manifest
-from ember.imagefs.content import CorruptChunkError
+from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ChunkRef, ContentIndex, FileContent
 from ember.imagefs.metadata import object_path
 from ember.imagefs.store import ChunkStore
@@ -49,7 +50,8 @@ PACK_RANGE_BYTES = 4 << 20
 PREFETCH_THREADS = 2
 PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the content index loads)
 PACK_THREADS = 8  # reading the chunks a recording packs
-READS_FORMAT = 2  # what a recording holds; one of another format is made again
+READS_FORMAT = 3  # what a recording holds; one of another format is made again
+PAGE = 4096  # the unit in which the parts of a large file on this host are known
 
 
 @dataclass
@@ -74,19 +76,70 @@ class RecordedChunk:
 
 
 @dataclass(frozen=True)
-class _Fetched:
-    """A chunk fetched and checked ahead, claimed until placed."""
+class RecordedPiece:
+    """Bytes of a large file a start of an image read: where they are in the image's prefetch
+    pack (compressed alone) and the digest they are checked against."""
 
-    chunk: str
+    file: str
+    file_size: int
+    offset: int
+    length: int
+    digest: str
+    start: int
+    size: int
+
+    @property
+    def key(self) -> str:
+        """What a prefetch claims it by (never a chunk digest)."""
+        return f"{self.file}:{self.offset}"
+
+
+class Read(NamedTuple):
+    """Bytes of a large file a container read."""
+
+    file: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """A chunk or piece fetched and checked ahead, claimed until placed."""
+
+    recorded: RecordedChunk | RecordedPiece
     future: Future[None]
     data: bytes
 
 
-@dataclass
 class _Partial:
-    """A large file being filled: which of its extents are in place."""
+    """A large file being filled: which of its extents are in place (it is complete once all
+    are), and which of its pages (an extent's, or a prefetched piece's)."""
 
-    have: set[int] = field(default_factory=set)
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.have: set[int] = set()
+        self.pages = bytearray(-(-size // PAGE))  # 1 where the page is in place
+
+    def mark(self, offset: int, length: int) -> None:
+        """Bytes [offset, offset + length) are in place: every page they cover whole."""
+        first, end = -(-offset // PAGE), offset + length
+        last = len(self.pages) if end >= self.size else end // PAGE
+        if last > first:
+            self.pages[first:last] = b"\x01" * (last - first)
+
+    def has(self, offset: int, length: int) -> bool:
+        last = min(-(-(offset + length) // PAGE), len(self.pages))
+        return self.pages.find(0, offset // PAGE, last) < 0
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The (offset, length) of each run of pages in place."""
+        runs, first = [], self.pages.find(1)
+        while first >= 0:
+            end = self.pages.find(0, first)
+            end = len(self.pages) if end < 0 else end
+            runs.append((first * PAGE, min(end * PAGE, self.size) - first * PAGE))
+            first = self.pages.find(1, end)
+        return runs
 
 
 class ImageCache:
@@ -108,6 +161,9 @@ class ImageCache:
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
+        self._recording: set[str] = set()  # images a start is recording
+        self._read_log: list[tuple[float, str, int, int]] = []  # (time, file, offset, size)
+        self._claimed_pieces: dict[str, RecordedPiece] = {}  # by key, while a prefetch has them
         # Told (file digest, offset, bytes) each time part of a large file is placed, after it
         # is: the FUSE server hands it to the kernel's page cache when a container has the
         # file open. It must not block: the placing thread may hold a chunk others wait for.
@@ -192,8 +248,13 @@ class ImageCache:
         return self.object_file(file_digest)
 
     def read(self, file_digest: str, offset: int, size: int) -> bytes:
-        """Bytes of a file, fetching only the chunks under them (for large files)."""
+        """Bytes of a file, fetching only the chunks under them (for large files) unless the
+        prefetch is about to place them."""
         found = self._file(file_digest)
+        self._wait_for_pieces(file_digest, offset, size)
+        data = self.read_local(file_digest, offset, size)
+        if data is not None:
+            return data
         for number in self._extents_under(found, offset, size):
             self.ensure_chunk(found.extents[number].chunk)
         data = self._read_placed(file_digest, offset, size)
@@ -204,21 +265,16 @@ class ImageCache:
         fetches, so a caller that must not block on the network can try it first)."""
         if not self.has_object(file_digest):
             partial = self._partials.get(file_digest)
-            if partial is None:
-                return None
-            under = self._extents_under(self._file(file_digest), offset, size)
-            if any(number not in partial.have for number in under):
+            if partial is None or not partial.has(offset, size):
                 return None
         return self._read_placed(file_digest, offset, size)
 
-    def placed_extents(self, file_digest: str) -> list[tuple[int, int]]:
-        """Where the extents of a large file that are on this host lie: (offset, length) each,
-        none once the file is complete (it is then a local object)."""
+    def placed_ranges(self, file_digest: str) -> list[tuple[int, int]]:
+        """The parts of a large file on this host: (offset, length) each, none once the file is
+        complete (it is then a local object)."""
         with self._lock:
             partial = self._partials.get(file_digest)
-            have = sorted(partial.have) if partial is not None else []
-        found = self._file(file_digest)
-        return [(found.starts[number], found.extents[number].length) for number in have]
+            return partial.ranges() if partial is not None else []
 
     def _read_placed(self, file_digest: str, offset: int, size: int) -> bytes | None:
         # The file is complete, or still partial: it moves from one to the other (or is
@@ -284,11 +340,11 @@ class ImageCache:
             raise
         self._settle(chunk_digest, future)
 
-    def _settle(
-        self, chunk_digest: str, future: Future[None], error: BaseException | None = None
-    ) -> None:
+    def _settle(self, key: str, future: Future[None], error: BaseException | None = None) -> None:
+        """Settle a claim (of a chunk, or a piece) made by `_claim`."""
         with self._lock:
-            del self._inflight[chunk_digest]
+            del self._inflight[key]
+            self._claimed_pieces.pop(key, None)
         if error is None:
             future.set_result(None)
         else:
@@ -342,14 +398,7 @@ class ImageCache:
     def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
         found = ref.file
         digest, file_offset = found.digest, found.starts[ref.extent]
-        path = self.partial / digest
-        with self._lock:
-            partial = self._partials.setdefault(digest, _Partial())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
-        try:
-            os.pwrite(fd, piece, file_offset)
-        finally:
-            os.close(fd)
+        partial = self._write_partial(digest, found.size, file_offset, piece)
         with self._lock:
             partial.have.add(ref.extent)
             complete = len(partial.have) == len(found.extents)
@@ -360,60 +409,132 @@ class ImageCache:
         if complete:
             target = self.object_file(digest)
             target.parent.mkdir(exist_ok=True)
+            path = self.partial / digest
             os.truncate(path, found.size)
             os.replace(path, target)
             self._add_object(digest, found.size)
 
+    def _write_partial(
+        self, file_digest: str, size: int, offset: int, data: bytes | memoryview
+    ) -> _Partial:
+        """Write bytes of a large file into its partial copy, and mark them in place."""
+        with self._lock:
+            partial = self._partials.get(file_digest)
+            if partial is None:
+                partial = self._partials[file_digest] = _Partial(size)
+        fd = os.open(self.partial / file_digest, os.O_WRONLY | os.O_CREAT, 0o444)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        with self._lock:
+            partial.mark(offset, len(data))
+        return partial
+
     # -- recording and prefetch -----------------------------------------------------------------
 
-    def fetched_since(self, since: float, image: ContentIndex) -> list[str]:
-        """Chunks of `image` fetched since the monotonic time `since`, in fetch order."""
+    def start_recording(self, image_id: str) -> None:
+        """A start of the image records what it reads (none has before): until it is saved,
+        reads of large files are noted, and none of their pages go to the kernel ahead of a
+        read (the FUSE server asks `recording`), so that every page read is seen."""
         with self._lock:
-            log = list(self._fetch_log)
-        seen: set[str] = set()
-        chunks = []
-        for at, chunk in log:
-            if at >= since and image.has_chunk(chunk) and chunk not in seen:
-                seen.add(chunk)
-                chunks.append(chunk)
-        return chunks
+            self._recording.add(image_id)
 
-    def save_reads(self, image_id: str, chunks: list[str]) -> None:
-        """Record that a start of the image fetched `chunks`, in this order: their stored bytes
-        one after another make the image's prefetch pack (one object, read in a few large
-        ranges instead of one request per chunk), and the recording says where each chunk is
-        in it and which objects it holds. The recording is stored last: once it can be read,
-        the pack is whole."""
+    def stop_recording(self, image_id: str) -> None:
+        with self._lock:
+            self._recording.discard(image_id)
+
+    @property
+    def recording(self) -> bool:
+        return bool(self._recording)
+
+    def note_read(self, file_digest: str, offset: int, size: int) -> None:
+        """A container read these bytes of a large file (the FUSE server tells, while
+        recording)."""
+        if self._recording:
+            with self._lock:
+                self._read_log.append((time.monotonic(), file_digest, offset, size))
+
+    def reads_since(self, since: float, image: ContentIndex) -> list[str | Read]:
+        """What starts of `image` read since the monotonic time `since`, in the order they read
+        it: the chunks of small files fetched (by digest; a small file's neighbours come with
+        it), and the bytes of large files read."""
+        with self._lock:
+            fetched, noted = list(self._fetch_log), list(self._read_log)
+        events: list[tuple[float, str | Read]] = [
+            (at, chunk)
+            for at, chunk in fetched
+            if at >= since and image.has_chunk(chunk) and _holds_small_files(image, chunk)
+        ]
+        events += [
+            (at, Read(file, offset, size))
+            for at, file, offset, size in noted
+            if at >= since and image.file(file) is not None
+        ]
+        events.sort(key=lambda event: event[0])
+        return list(dict.fromkeys(event for _, event in events))
+
+    def save_reads(self, image_id: str, reads: list[str | Read]) -> None:
+        """Record that a start of the image read `reads`, in this order, and make the image's
+        prefetch pack of them: one object, read in a few large ranges instead of one request
+        per chunk. A chunk goes in as the store holds it; the bytes of large files read go in
+        as pieces of consecutive pages (each compressed alone, with its own digest), each page
+        once. The recording says where each is in the pack and what it holds. It is stored
+        last: once it can be read, the pack is whole."""
+        items = _pieces(reads, lambda digest: self._file(digest).size)
         with ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="ember-pack") as pool:
-            blobs = list(pool.map(self.store.get, map(content.chunk_key, chunks)))
+            packed = list(pool.map(self._packed, items))
         rows, start = [], 0
-        for chunk, blob in zip(chunks, blobs, strict=True):
-            objects = list(dict.fromkeys(ref.file.digest for ref in self._refs(chunk)))
-            rows.append({"chunk": chunk, "start": start, "size": len(blob), "objects": objects})
+        for item, (blob, piece_digest) in zip(items, packed, strict=True):
+            if isinstance(item, str):
+                objects = list(dict.fromkeys(ref.file.digest for ref in self._refs(item)))
+                rows.append({"chunk": item, "start": start, "size": len(blob), "objects": objects})
+            else:
+                rows.append(
+                    {
+                        "file": item.file,
+                        "file_size": self._file(item.file).size,
+                        "offset": item.offset,
+                        "length": item.size,
+                        "digest": piece_digest,
+                        "start": start,
+                        "size": len(blob),
+                    }
+                )
             start += len(blob)
-        self.store.put(manifest.prefetch_key(image_id), b"".join(blobs))
-        document = {"format": READS_FORMAT, "chunks": rows}
+        self.store.put(manifest.prefetch_key(image_id), b"".join(blob for blob, _ in packed))
+        document = {"format": READS_FORMAT, "reads": rows}
         self.store.put(manifest.reads_key(image_id), json.dumps(document).encode())
 
-    def recorded_reads(self, image_id: str) -> list[RecordedChunk] | None:
+    def _packed(self, item: str | Read) -> tuple[bytes, str]:
+        """An item of the pack as stored, and the digest it is checked against."""
+        if isinstance(item, str):
+            return self.store.get(content.chunk_key(item)), item
+        data = self.read(item.file, item.offset, item.size)
+        return content.compress(data), content.digest(data)
+
+    def recorded_reads(self, image_id: str) -> list[RecordedChunk | RecordedPiece] | None:
         try:
             document = json.loads(self.store.get(manifest.reads_key(image_id)))
         except NotFoundError:
             return None
         if not isinstance(document, dict) or document.get("format") != READS_FORMAT:
             return None  # recorded by an earlier version: the image is recorded again
-        return [RecordedChunk(**row) for row in document["chunks"]]
+        return [
+            RecordedPiece(**row) if "file" in row else RecordedChunk(**row)
+            for row in document["reads"]
+        ]
 
     def prefetch(
         self,
         image_id: str,
-        recorded: list[RecordedChunk],
+        recorded: list[RecordedChunk | RecordedPiece],
         indexed: Future[object],
         threads: int = PREFETCH_THREADS,
     ) -> None:
-        """Fetch the recorded chunks from the image's prefetch pack, earliest first (they are
-        in the order a start read them), a range of them at a time, check each chunk as a task
-        of its own (the threads check the earliest chunks together: the container waits for
+        """Fetch the recorded chunks and pieces from the image's prefetch pack, earliest first
+        (they are in the order a start read them), a range of them at a time, check each as a
+        task of its own (the threads check the earliest together: the container waits for
         them, right behind the prefetch), and place them in order.
 
         Fetching and checking a chunk needs no index, so it starts while the image's content
@@ -459,13 +580,15 @@ class ImageCache:
             raise errors[0]
 
     def _fetch_range(
-        self, image_id: str, run: list[RecordedChunk], pool: ThreadPoolExecutor
+        self,
+        image_id: str,
+        run: list[RecordedChunk | RecordedPiece],
+        pool: ThreadPoolExecutor,
     ) -> list[Future[_Fetched | None]]:
-        """The chunks of `run` this host lacks, read from the pack in one request and claimed
-        until placed; each is checked as a task of its own on `pool`, so that the threads check
-        the earliest chunks together instead of a range each (the container waits for the
-        earliest)."""
-        wanted = [recorded for recorded in run if not self._has_chunk(recorded)]
+        """What of `run` this host lacks, read from the pack in one request and claimed until
+        placed; each is checked as a task of its own on `pool`, so that the threads check the
+        earliest together instead of a range each (the container waits for the earliest)."""
+        wanted = [recorded for recorded in run if not self._has_recorded(recorded)]
         if not wanted:
             return []
         first, last = wanted[0], wanted[-1]
@@ -473,49 +596,96 @@ class ImageCache:
         blob = self.store.get(manifest.prefetch_key(image_id), first.start, length)
         checks = []
         for recorded in wanted:
-            future, owner = self._claim(recorded.chunk)
+            if isinstance(recorded, RecordedPiece):
+                future, owner = self._claim_piece(recorded)
+            else:
+                future, owner = self._claim(recorded.chunk)
             if not owner:
                 continue
             piece = blob[
                 recorded.start - first.start : recorded.start - first.start + recorded.size
             ]
-            checks.append(pool.submit(self._check_packed, recorded.chunk, future, piece))
+            checks.append(pool.submit(self._check_packed, recorded, future, piece))
         return checks
 
     def _check_packed(
-        self, chunk_digest: str, future: Future[None], blob: bytes
+        self, recorded: RecordedChunk | RecordedPiece, future: Future[None], blob: bytes
     ) -> _Fetched | None:
-        """A claimed chunk from its bytes in the pack, checked; one the pack holds damaged comes
-        from the store itself. None if that failed too: the claim is settled with the error,
-        and the reader that wants the chunk tries again."""
+        """A claimed chunk or piece from its bytes in the pack, checked; a chunk the pack holds
+        damaged comes from the store itself. None if that failed: the claim is settled with the
+        error, and the reader that wants those bytes fetches their chunks."""
         try:
-            data = self._open_packed(chunk_digest, blob)
+            data = self._open_packed(recorded, blob)
         except BaseException as error:
-            self._settle(chunk_digest, future, error)
-            log.warning("prefetching chunk %s failed: %s", chunk_digest, error)
+            self._settle(_claim_key(recorded), future, error)
+            log.warning("prefetching %s failed: %s", _claim_key(recorded), error)
             return None
-        return _Fetched(chunk_digest, future, data)
+        return _Fetched(recorded, future, data)
 
-    def _has_chunk(self, recorded: RecordedChunk) -> bool:
+    def _has_recorded(self, recorded: RecordedChunk | RecordedPiece) -> bool:
+        if isinstance(recorded, RecordedPiece):
+            if self.has_object(recorded.file):
+                return True
+            partial = self._partials.get(recorded.file)
+            return partial is not None and partial.has(recorded.offset, recorded.length)
         if any(loaded.has_chunk(recorded.chunk) for loaded in self._loaded):  # known exactly
             return self._chunk_placed(recorded.chunk)
         return all(self.has_object(digest) for digest in recorded.objects)
 
-    def _open_packed(self, chunk_digest: str, blob: bytes) -> bytes:
+    def _open_packed(self, recorded: RecordedChunk | RecordedPiece, blob: bytes) -> bytes:
+        digest = recorded.digest if isinstance(recorded, RecordedPiece) else recorded.chunk
         try:
-            data = content.open_chunk(chunk_digest, blob)
+            data = content.open_chunk(digest, blob)
         except CorruptChunkError:
             with self._lock:
                 self.stats.corrupt_chunks += 1
-            return self._fetch(chunk_digest)
-        self._count_fetched(chunk_digest, data, blob)
+            if isinstance(recorded, RecordedPiece):
+                raise  # the store has no copy of a piece: its chunks are fetched when read
+            return self._fetch(digest)
+        self._count_fetched(digest, data, blob)
         return data
 
     def _place_fetched(self, fetched: _Fetched, failed: BaseException | None) -> None:
+        recorded, key = fetched.recorded, _claim_key(fetched.recorded)
         if failed is not None:  # the image's index could not be loaded: nothing can be placed
-            self._settle(fetched.chunk, fetched.future, failed)
+            self._settle(key, fetched.future, failed)
             return
-        self._place_claimed(fetched.chunk, fetched.future, lambda: fetched.data)
+        if isinstance(recorded, RecordedChunk):
+            self._place_claimed(recorded.chunk, fetched.future, lambda: fetched.data)
+            return
+        try:
+            if not self.has_object(recorded.file):
+                self._write_partial(
+                    recorded.file, recorded.file_size, recorded.offset, fetched.data
+                )
+                if self.on_extent_placed is not None:
+                    self.on_extent_placed(recorded.file, recorded.offset, memoryview(fetched.data))
+        except BaseException as error:
+            self._settle(key, fetched.future, error)
+            raise
+        self._settle(key, fetched.future)
+
+    def _claim_piece(self, piece: RecordedPiece) -> tuple[Future[None], bool]:
+        future, owner = self._claim(piece.key)
+        if owner:
+            with self._lock:
+                self._claimed_pieces[piece.key] = piece
+        return future, owner
+
+    def _wait_for_pieces(self, file_digest: str, offset: int, size: int) -> None:
+        """Wait until the pieces of those bytes that a prefetch has claimed are placed (or
+        failed)."""
+        with self._lock:
+            waits = [
+                self._inflight[key]
+                for key, piece in self._claimed_pieces.items()
+                if piece.file == file_digest
+                and piece.offset < offset + size
+                and offset < piece.offset + piece.length
+            ]
+        for future in waits:
+            with contextlib.suppress(Exception):
+                future.result()
 
     # -- size bound ----------------------------------------------------------------------------
 
@@ -586,6 +756,50 @@ class ImageCache:
                 self.object_file(digest).unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _claim_key(recorded: RecordedChunk | RecordedPiece) -> str:
+    return recorded.key if isinstance(recorded, RecordedPiece) else recorded.chunk
+
+
+def _holds_small_files(image: ContentIndex, chunk_digest: str) -> bool:
+    """Whether the chunk holds whole files (not a piece of a large one)."""
+    return any(len(ref.file.extents) == 1 for ref in image.refs(chunk_digest))
+
+
+def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str | Read]:
+    """`reads` with the bytes of large files as runs of whole pages, each page once, where
+    first read; a run that goes on from the one before it in the same file joins it, up to
+    CHUNK_SIZE."""
+    pieces: list[str | Read] = []
+    seen: dict[str, bytearray] = {}  # pages of each file already in a piece
+    for read in reads:
+        if isinstance(read, str):
+            pieces.append(read)
+            continue
+        size = size_of(read.file)
+        pages = seen.setdefault(read.file, bytearray(-(-size // PAGE)))
+        first, last = read.offset // PAGE, min(-(-(read.offset + read.size) // PAGE), len(pages))
+        while first < last:
+            first = pages.find(0, first, last)
+            if first < 0:
+                break
+            end = pages.find(1, first, last)
+            end = last if end < 0 else end
+            pages[first:end] = b"\x01" * (end - first)
+            offset, length = first * PAGE, min(end * PAGE, size) - first * PAGE
+            before = pieces[-1] if pieces else None
+            if (
+                isinstance(before, Read)
+                and before.file == read.file
+                and before.offset + before.size == offset
+                and before.size + length <= CHUNK_SIZE
+            ):
+                pieces[-1] = Read(read.file, before.offset, before.size + length)
+            else:
+                pieces.append(Read(read.file, offset, length))
+            first = end
+    return pieces
 
 
 def _ranges(recorded: list[RecordedChunk], limit: int) -> Iterator[list[RecordedChunk]]:

@@ -10,7 +10,7 @@ the new worker finds it through the socket. State lives under the cache root:
     mnt/<image id>/    each cached image's erofs metadata image, mounted
 
 Requests: `prepare` (fetch an image's content index and metadata, mount it, start prefetching what a
-start of it read before), `record` (after a first start: save which chunks it fetched, and the
+start of it read before), `record` (after a first start: save what it read, and the
 pack of them), `stats`, `collect` (garbage-collect images not in a list), `ping`.
 """
 
@@ -33,7 +33,7 @@ import trio
 
 from ember.container import overlay
 from ember.errors import Error
-from ember.imagefs.cache import ImageCache, RecordedChunk
+from ember.imagefs.cache import ImageCache, RecordedChunk, RecordedPiece
 from ember.imagefs.fuse import ObjectFS
 from ember.imagefs.index import ContentIndex
 from ember.imagefs.store import open_store
@@ -126,6 +126,8 @@ class Daemon:
             # are fetched while the content index is read, and placed once it is loaded.
             reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)
             self._recorded[image_id] = reads is not None
+            if reads is None:  # this start records
+                self.cache.start_recording(image_id)
             if reads:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._prefetch, image_id, reads, indexed)
@@ -162,7 +164,10 @@ class Daemon:
         }
 
     async def _prefetch(
-        self, image_id: str, recorded: list[RecordedChunk], indexed: Future[ContentIndex]
+        self,
+        image_id: str,
+        recorded: list[RecordedChunk | RecordedPiece],
+        indexed: Future[ContentIndex],
     ) -> None:
         try:
             await trio.to_thread.run_sync(self.cache.prefetch, image_id, recorded, indexed)
@@ -171,13 +176,14 @@ class Daemon:
 
     async def _op_record(self, request: dict) -> dict:
         image_id = request["image"]
+        self.cache.stop_recording(image_id)
         loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
-        chunks = self.cache.fetched_since(request["since"], loaded)
-        if chunks and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
-            await trio.to_thread.run_sync(self.cache.save_reads, image_id, chunks)
+        reads = self.cache.reads_since(request["since"], loaded)
+        if reads and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
+            await trio.to_thread.run_sync(self.cache.save_reads, image_id, reads)
         # Nothing fetched: this host had it all and has nothing to record, now or later.
         self._recorded[image_id] = True
-        return {"chunks": len(chunks)}
+        return {"chunks": len(reads)}
 
     async def _op_stats(self, request: dict) -> dict:
         stats = self.cache.stats

@@ -14,7 +14,8 @@ Once a container has a large file open, every piece of it placed on the host (by
 or fetched for a read) is also stored in the kernel's page cache for that file (FUSE's
 notify_store), so the container's reads of it find their pages there instead of each asking
 this process: a cold start of torch otherwise makes some 1,300 reads of 128 KiB here, each
-waiting on this process's loop while the prefetch keeps the CPUs busy.
+waiting on this process's loop while the prefetch keeps the CPUs busy. Not while a start records
+its reads: then every page it reads must come here to be noted.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class ObjectFS(pyfuse3.Operations):
         if entry is not None and len(entry.extents) == 1:
             path = await _in_thread(self._cache.ensure_object, digest)
             fd = os.open(path, os.O_RDONLY)
-        elif entry is not None and digest not in self._in_kernel:  # placed pieces go to the kernel
+        elif entry is not None and digest not in self._in_kernel and not self._cache.recording:
+            # What is placed of it goes to the kernel (unless a start records its reads).
             self._in_kernel[digest] = inode
             self._storer.submit(self._store_placed, digest, inode)
         handle = self._next_handle
@@ -132,6 +134,7 @@ class ObjectFS(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.fd is not None:
             return os.pread(handle.fd, size, off)
+        self._cache.note_read(handle.digest, off, size)
         # Pages of a large file already on this host are read here and now: a thread for each
         # would cost more than the read (a cold start reads ~100 MB of libtorch this way).
         data = self._cache.read_local(handle.digest, off, size)
@@ -148,12 +151,12 @@ class ObjectFS(pyfuse3.Operations):
 
     def _extent_placed(self, digest: str, offset: int, data: memoryview) -> None:
         inode = self._in_kernel.get(digest)
-        if inode is not None:
+        if inode is not None and not self._cache.recording:
             self._storer.submit(self._store, inode, offset, data)
 
     def _store_placed(self, digest: str, inode: int) -> None:
         """What the host has of a large file just opened (placed before anyone asked for it)."""
-        for offset, length in self._cache.placed_extents(digest):
+        for offset, length in self._cache.placed_ranges(digest):
             data = self._cache.read_local(digest, offset, length)
             if data is not None:
                 self._store(inode, offset, data)

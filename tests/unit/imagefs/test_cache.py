@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ember.imagefs import content, index, manifest
-from ember.imagefs.cache import ImageCache, RecordedChunk
+from ember.imagefs.cache import ImageCache, Read, RecordedChunk, RecordedPiece
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ContentIndex
 from ember.imagefs.pack import pack_tree
@@ -130,10 +130,10 @@ def test_each_piece_of_a_large_file_placed_is_told_and_listed(image, tmp_path) -
     cache.read(big, 2 * CHUNK_SIZE + 5, 10)
     content_of_big = (tree / "lib/big.so").read_bytes()
     assert told == [(big, 2 * CHUNK_SIZE, content_of_big[2 * CHUNK_SIZE : 3 * CHUNK_SIZE])]
-    assert cache.placed_extents(big) == [(2 * CHUNK_SIZE, CHUNK_SIZE)]
+    assert cache.placed_ranges(big) == [(2 * CHUNK_SIZE, CHUNK_SIZE)]
     cache.read(big, 0, 4 * CHUNK_SIZE)  # the rest: the file is whole, a local object
     assert [offset for _, offset, _ in told] == [2 * CHUNK_SIZE, 0, CHUNK_SIZE, 3 * CHUNK_SIZE]
-    assert cache.placed_extents(big) == []
+    assert cache.placed_ranges(big) == []
 
 
 def test_a_local_read_serves_only_what_the_host_has(image, tmp_path) -> None:
@@ -194,31 +194,77 @@ def test_the_cache_stays_under_its_limit_dropping_least_recently_used(image, tmp
     assert cache.ensure_object(digest_of(tree, "lib/small0.py")).exists()
 
 
-def test_a_first_start_records_its_reads_and_another_host_prefetches_them(image, tmp_path) -> None:
+def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_that(
+    image, tmp_path
+) -> None:
     store, image_id, tree = image
+    big, expected = digest_of(tree, "lib/big.so"), (tree / "lib/big.so").read_bytes()
     first = ImageCache(tmp_path / "host1", store, 1 << 30)
     loaded = first.load_image(image_id)
-    since = 0.0
+    first.start_recording(image_id)
     first.ensure_object(digest_of(tree, "lib/small5.py"))
-    first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
-    chunks = first.fetched_since(since, loaded)
-    assert len(chunks) == 2
-    first.save_reads(image_id, chunks)
+    # Reads of a large file, as the FUSE server tells them: a page, the two after it (read with
+    # a page again), a few bytes of the last chunk.
+    for offset, size in [(CHUNK_SIZE, 4096), (CHUNK_SIZE, 12288), (3 * CHUNK_SIZE + 8192, 100)]:
+        first.note_read(big, offset, size)
+        first.read(big, offset, size)
+    first.stop_recording(image_id)
+    first.note_read(big, 0, 4096)  # no longer recording: not noted
+    reads = first.reads_since(0.0, loaded)
+    small_files_chunk = loaded.file(digest_of(tree, "lib/small5.py")).extents[0].chunk
+    assert reads == [
+        small_files_chunk,  # a small file's whole chunk (its neighbours come with it)
+        Read(big, CHUNK_SIZE, 4096),
+        Read(big, CHUNK_SIZE, 12288),
+        Read(big, 3 * CHUNK_SIZE + 8192, 100),
+    ]
+    first.save_reads(image_id, reads)
 
     second = ImageCache(tmp_path / "host2", store, 1 << 30)
     recorded = second.recorded_reads(image_id)
-    assert [r.chunk for r in recorded] == chunks
+    assert isinstance(recorded[0], RecordedChunk) and recorded[0].chunk == small_files_chunk
     assert len(recorded[0].objects) == 20  # the small files' pack names every file it holds
-    assert recorded[1].objects == [digest_of(tree, "lib/big.so")]
+    # Each page read once, in whole pages, the ones that follow each other in one piece.
+    assert [(r.offset, r.length) for r in recorded[1:] if isinstance(r, RecordedPiece)] == [
+        (CHUNK_SIZE, 12288),
+        (3 * CHUNK_SIZE + 8192, 4096),
+    ]
     store.gets.clear()
     second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
-    # One ranged read of the pack brought both, and no chunk was read on its own.
+    # One ranged read of the pack brought them all, and no chunk was read on its own.
     assert store.gets == [index.index_key(image_id), manifest.prefetch_key(image_id)]
-    assert second.stats.chunks_fetched == 2
-    second.ensure_object(digest_of(tree, "lib/small5.py"))
-    second.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
-    second.prefetch(image_id, recorded, indexed(None))
-    assert store.gets == [index.index_key(image_id), manifest.prefetch_key(image_id)]
+    assert second.ensure_object(digest_of(tree, "lib/small17.py")).exists()
+    assert second.read(big, CHUNK_SIZE + 100, 12000) == expected[CHUNK_SIZE + 100 :][:12000]
+    assert (
+        second.read_local(big, 3 * CHUNK_SIZE + 8192, 4096)
+        == expected[3 * CHUNK_SIZE + 8192 :][:4096]
+    )
+    assert chunk_gets(store) == 0
+    # Exactly those: the page after them was never read, so it is not here until read.
+    assert second.read_local(big, CHUNK_SIZE + 12288, 4096) is None
+    assert second.read(big, CHUNK_SIZE + 12288, 4096) == expected[CHUNK_SIZE + 12288 :][:4096]
+    assert chunk_gets(store) == 1
+    second.prefetch(image_id, recorded, indexed(None))  # the host has it all: nothing fetched
+    assert chunk_gets(store) == 1 and store.gets.count(manifest.prefetch_key(image_id)) == 1
+
+
+def test_a_piece_damaged_in_the_pack_is_never_served(image, tmp_path) -> None:
+    store, image_id, tree = image
+    recorded = recording_of(image, tmp_path)
+    piece = next(r for r in recorded if isinstance(r, RecordedPiece))
+    pack = store.root / manifest.prefetch_key(image_id)
+    damaged = bytearray(pack.read_bytes())
+    damaged[piece.start + piece.size // 2] ^= 1
+    pack.write_bytes(damaged)
+    cache = new_cache(tmp_path, store)
+    cache.prefetch(image_id, recorded, indexed(cache.load_image(image_id)))
+    assert cache.stats.corrupt_chunks == 1
+    big = digest_of(tree, "lib/big.so")
+    assert cache.read_local(big, piece.offset, piece.length) is None
+    # Read, its bytes come from their chunk in the store.
+    data = cache.read(big, piece.offset, piece.length)
+    assert data == (tree / "lib/big.so").read_bytes()[piece.offset :][: piece.length]
+    assert chunk_gets(store) == 1
 
 
 def test_a_recording_of_an_earlier_format_counts_as_none(image, tmp_path) -> None:
@@ -226,7 +272,7 @@ def test_a_recording_of_an_earlier_format_counts_as_none(image, tmp_path) -> Non
     store.put(manifest.reads_key(image_id), b'["' + b"ab" * 32 + b'"]')  # chunks, no pack
     assert new_cache(tmp_path, store).recorded_reads(image_id) is None
     store.delete(manifest.reads_key(image_id))
-    store.put(manifest.reads_key(image_id), b'{"format": 1, "chunks": []}')
+    store.put(manifest.reads_key(image_id), b'{"format": 2, "chunks": []}')  # whole chunks only
     assert new_cache(tmp_path, store).recorded_reads(image_id) is None
 
 
@@ -287,9 +333,11 @@ def recording_of(image: tuple[CountingStore, str, Path], tmp_path: Path) -> list
     store, image_id, tree = image
     first = ImageCache(tmp_path / "recorder", store, 1 << 30)
     loaded = first.load_image(image_id)
+    first.start_recording(image_id)
     first.ensure_object(digest_of(tree, "lib/small5.py"))
+    first.note_read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
     first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
-    first.save_reads(image_id, first.fetched_since(0.0, loaded))
+    first.save_reads(image_id, first.reads_since(0.0, loaded))
     store.gets.clear()
     return first.recorded_reads(image_id)
 
