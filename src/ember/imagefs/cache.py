@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ember.errors import NotFoundError
-from ember.imagefs import content, index, manifest
+from ember.imagefs import content, index, manifest, prefetch
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ChunkRef, ContentIndex, FileContent
 from ember.imagefs.metadata import object_path
@@ -44,11 +44,13 @@ from ember.imagefs.store import ChunkStore
 log = logging.getLogger(__name__)
 
 FETCH_ATTEMPTS = 3
-# Prefetching reads the pack in ranges of about PACK_RANGE_BYTES (stored bytes), on
-# PREFETCH_THREADS threads: more only take the cores the starting container needs (measured).
+# Prefetching reads the pack in ranges of about PACK_RANGE_BYTES (stored bytes), PREFETCH_AHEAD
+# at once, and checks and places what arrived on PREFETCH_WORKERS threads: more only take the
+# cores the starting container needs (measured: 3 workers, 2 or 6 ranges ahead, 2 MiB ranges,
+# all within noise).
 PACK_RANGE_BYTES = 4 << 20
-PREFETCH_THREADS = 2
-PREFETCH_AHEAD = 4  # ranges fetched ahead of placing them (while the content index loads)
+PREFETCH_AHEAD = 4
+PREFETCH_WORKERS = 2
 PACK_THREADS = 8  # reading the chunks a recording packs
 READS_FORMAT = 3  # what a recording holds; one of another format is made again
 PAGE = 4096  # the unit in which the parts of a large file on this host are known
@@ -103,12 +105,12 @@ class Read(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Fetched:
-    """A chunk or piece fetched and checked ahead, claimed until placed."""
+class _Claimed:
+    """A chunk or piece read from the pack, not yet checked, claimed until placed."""
 
     recorded: RecordedChunk | RecordedPiece
     future: Future[None]
-    data: bytes
+    packed: bytes  # as the pack holds it
 
 
 class _Partial:
@@ -530,97 +532,79 @@ class ImageCache:
         image_id: str,
         recorded: list[RecordedChunk | RecordedPiece],
         indexed: Future[object],
-        threads: int = PREFETCH_THREADS,
+        workers: int = PREFETCH_WORKERS,
     ) -> None:
-        """Fetch the recorded chunks and pieces from the image's prefetch pack, earliest first
-        (they are in the order a start read them), a range of them at a time, check each as a
-        task of its own (the threads check the earliest together: the container waits for
-        them, right behind the prefetch), and place them in order.
+        """Fetch the recorded chunks and pieces from the image's prefetch pack and place them,
+        earliest first: they are in the order a start read them, and the starting container
+        reads right behind the prefetch's front. The pack is read in ranges of about
+        PACK_RANGE_BYTES, PREFETCH_AHEAD at once; `workers` threads check and place what
+        arrived, each the earliest first (`imagefs.prefetch`).
 
-        Fetching and checking a chunk needs no index, so it starts while the image's content
-        index is still being fetched; placing needs the index, so it waits for `indexed` (done
-        once it is loaded, or failed with the reason it could not be). At most
-        PREFETCH_AHEAD ranges are fetched and not yet placed. A chunk whose objects the host
-        has is not fetched, nor one another thread is fetching."""
-        errors: list[BaseException] = []
-        with ThreadPoolExecutor(threads, thread_name_prefix="ember-prefetch") as pool:
-            todo = iter(_ranges(recorded, PACK_RANGE_BYTES))
-            fetching: deque[Future[list[Future[_Fetched | None]]]] = deque()
-
-            def fetch_next() -> None:
-                run = next(todo, None)
-                if run is not None:
-                    fetching.append(pool.submit(self._fetch_range, image_id, run, pool))
-
-            for _ in range(PREFETCH_AHEAD):
-                fetch_next()
-            try:
-                indexed.result()
-                failed = None
-            except BaseException as error:
-                failed = error
-                errors.append(error)
-            while fetching:
-                try:
-                    checks = fetching.popleft().result()
-                except Exception as error:
-                    errors.append(error)
-                    continue
-                if not errors:  # after an error, a later read fetches what is left
-                    fetch_next()
-                for check in checks:
-                    fetched = check.result()  # a check that failed settled its claim itself
-                    if fetched is None:
-                        continue
-                    try:
-                        self._place_fetched(fetched, failed)
-                    except Exception as error:
-                        errors.append(error)
-        if errors:
-            raise errors[0]
+        Fetching and checking needs no index, so it starts while the image's content index is
+        still being fetched; placing a chunk needs the index, so it waits for `indexed` (done
+        once it is loaded, or failed with the reason it could not be). What the host has is not
+        fetched, nor what another thread is fetching."""
+        prefetch.run(
+            _ranges(recorded, PACK_RANGE_BYTES),
+            lambda run: self._fetch_range(image_id, run),
+            lambda claimed: self._check_and_place(claimed, indexed),
+            workers=workers,
+            ahead=PREFETCH_AHEAD,
+        )
 
     def _fetch_range(
-        self,
-        image_id: str,
-        run: list[RecordedChunk | RecordedPiece],
-        pool: ThreadPoolExecutor,
-    ) -> list[Future[_Fetched | None]]:
-        """What of `run` this host lacks, read from the pack in one request and claimed until
-        placed; each is checked as a task of its own on `pool`, so that the threads check the
-        earliest together instead of a range each (the container waits for the earliest)."""
+        self, image_id: str, run: list[RecordedChunk | RecordedPiece]
+    ) -> list[tuple[int, _Claimed]]:
+        """What of `run` this host lacks, read from the pack in one request, each claimed until
+        placed (a reader that wants it meanwhile waits for it), with its place in the pack."""
         wanted = [recorded for recorded in run if not self._has_recorded(recorded)]
         if not wanted:
             return []
         first, last = wanted[0], wanted[-1]
         length = last.start + last.size - first.start
         blob = self.store.get(manifest.prefetch_key(image_id), first.start, length)
-        checks = []
+        claimed = []
         for recorded in wanted:
             if isinstance(recorded, RecordedPiece):
                 future, owner = self._claim_piece(recorded)
             else:
                 future, owner = self._claim(recorded.chunk)
-            if not owner:
-                continue
-            piece = blob[
-                recorded.start - first.start : recorded.start - first.start + recorded.size
-            ]
-            checks.append(pool.submit(self._check_packed, recorded, future, piece))
-        return checks
+            if owner:
+                at = recorded.start - first.start
+                packed = blob[at : at + recorded.size]
+                claimed.append((recorded.start, _Claimed(recorded, future, packed)))
+        return claimed
 
-    def _check_packed(
-        self, recorded: RecordedChunk | RecordedPiece, future: Future[None], blob: bytes
-    ) -> _Fetched | None:
-        """A claimed chunk or piece from its bytes in the pack, checked; a chunk the pack holds
-        damaged comes from the store itself. None if that failed: the claim is settled with the
-        error, and the reader that wants those bytes fetches their chunks."""
+    def _check_and_place(self, claimed: _Claimed, indexed: Future[object]) -> None:
+        """Check a claimed chunk or piece from its bytes in the pack (a chunk the pack holds
+        damaged comes from the store itself) and place it once the image's content index is
+        loaded. The claim is settled either way, with the error if that failed: a reader that
+        wants those bytes then fetches their chunks. Raises only if the index could not be
+        loaded or placing failed."""
+        recorded, future, key = claimed.recorded, claimed.future, _claim_key(claimed.recorded)
         try:
-            data = self._open_packed(recorded, blob)
+            data = self._open_packed(recorded, claimed.packed)
         except BaseException as error:
-            self._settle(_claim_key(recorded), future, error)
-            log.warning("prefetching %s failed: %s", _claim_key(recorded), error)
-            return None
-        return _Fetched(recorded, future, data)
+            self._settle(key, future, error)
+            log.warning("prefetching %s failed: %s", key, error)
+            return
+        try:
+            indexed.result()
+        except BaseException as error:  # nothing can be placed
+            self._settle(key, future, error)
+            raise
+        if isinstance(recorded, RecordedChunk):
+            self._place_claimed(recorded.chunk, future, lambda: data)
+            return
+        try:
+            if not self.has_object(recorded.file):
+                self._write_partial(recorded.file, recorded.file_size, recorded.offset, data)
+                if self.on_extent_placed is not None:
+                    self.on_extent_placed(recorded.file, recorded.offset, memoryview(data))
+        except BaseException as error:
+            self._settle(key, future, error)
+            raise
+        self._settle(key, future)
 
     def _has_recorded(self, recorded: RecordedChunk | RecordedPiece) -> bool:
         if isinstance(recorded, RecordedPiece):
@@ -644,26 +628,6 @@ class ImageCache:
             return self._fetch(digest)
         self._count_fetched(digest, data, blob)
         return data
-
-    def _place_fetched(self, fetched: _Fetched, failed: BaseException | None) -> None:
-        recorded, key = fetched.recorded, _claim_key(fetched.recorded)
-        if failed is not None:  # the image's index could not be loaded: nothing can be placed
-            self._settle(key, fetched.future, failed)
-            return
-        if isinstance(recorded, RecordedChunk):
-            self._place_claimed(recorded.chunk, fetched.future, lambda: fetched.data)
-            return
-        try:
-            if not self.has_object(recorded.file):
-                self._write_partial(
-                    recorded.file, recorded.file_size, recorded.offset, fetched.data
-                )
-                if self.on_extent_placed is not None:
-                    self.on_extent_placed(recorded.file, recorded.offset, memoryview(fetched.data))
-        except BaseException as error:
-            self._settle(key, fetched.future, error)
-            raise
-        self._settle(key, fetched.future)
 
     def _claim_piece(self, piece: RecordedPiece) -> tuple[Future[None], bool]:
         future, owner = self._claim(piece.key)
