@@ -604,7 +604,7 @@ class Measured:
     index_load_s: float | None = None  # loading image T's content index from the store
     first_ever_s: float | None = None
     first_ever_fetched: Fetched | None = None
-    recorded_chunks: int = 0  # chunks of small files in the recording
+    recorded_objects: int = 0  # small files in the recording
     recorded_pieces: int = 0  # pieces of large files in it
     recorded_piece_bytes: int = 0
     daemon_start: list[float] = field(default_factory=list)
@@ -754,7 +754,7 @@ def _first_ever(
     )
     recorded = _wait_for_reads(store, got.image_id, manifest.reads_key)
     pieces = [row for row in recorded if "file" in row]
-    got.recorded_chunks, got.recorded_pieces = len(recorded) - len(pieces), len(pieces)
+    got.recorded_objects, got.recorded_pieces = len(recorded) - len(pieces), len(pieces)
     got.recorded_piece_bytes = sum(row["length"] for row in pieces)
     log(f"  its recorded reads: {_recorded_text(got)}")
 
@@ -799,7 +799,7 @@ def _empty_sample(
 
 
 def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) -> list[dict]:
-    """The first start's recording (chunks of small files, pieces of large ones), once the worker
+    """The first start's recording (small files, pieces of large ones), once the worker
     has saved it."""
     deadline = time.monotonic() + READS_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -811,7 +811,7 @@ def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) 
 
 def _recorded_text(got: Measured) -> str:
     return (
-        f"{got.recorded_chunks} chunks of small files, {got.recorded_pieces} pieces of large "
+        f"{got.recorded_objects} small files, {got.recorded_pieces} pieces of large "
         f"files ({got.recorded_piece_bytes / MB:.0f} MB)"
     )
 

@@ -4,6 +4,8 @@ Layout under the cache root:
 
     objects/<d[:2]>/<d>   complete files by content digest: overlay's first data-only layer
     partial/<d>           large files being filled chunk by chunk (discarded on restart)
+    staged/<d>            small files placed while a start records, until opened (discarded
+                          on restart)
     images/<id>/          a cached image: its content index and its erofs metadata image
 
 Content is fetched by chunk from the chunk store, checked against its digest (a corrupted chunk
@@ -52,7 +54,7 @@ PACK_RANGE_BYTES = 4 << 20
 PREFETCH_AHEAD = 4
 PREFETCH_WORKERS = 2
 PACK_THREADS = 8  # reading the chunks a recording packs
-READS_FORMAT = 3  # what a recording holds; one of another format is made again
+READS_FORMAT = 4  # what a recording holds; one of another format is made again
 PAGE = 4096  # the unit in which the parts of a large file on this host are known
 
 
@@ -66,15 +68,18 @@ class CacheStats:
 
 
 @dataclass(frozen=True)
-class RecordedChunk:
-    """A chunk a start of an image fetched: where its stored bytes are in the image's
-    prefetch pack, and the objects (file digests) it holds: a host that has them all need not
-    fetch it, which it can tell before the image's content index is loaded."""
+class RecordedObject:
+    """A small file (a file of one extent) a start of an image opened: where its content is in
+    the image's prefetch pack (compressed alone; checked against the object's digest)."""
 
-    chunk: str
+    object: str
     start: int
     size: int
-    objects: list[str]
+
+    @property
+    def key(self) -> str:
+        """What a prefetch claims it by (never a chunk digest)."""
+        return f"object:{self.object}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,9 @@ class RecordedPiece:
         return f"{self.file}:{self.offset}"
 
 
+Recorded = RecordedObject | RecordedPiece
+
+
 class Read(NamedTuple):
     """Bytes of a large file a container read."""
 
@@ -108,7 +116,7 @@ class Read(NamedTuple):
 class _Claimed:
     """A chunk or piece read from the pack, not yet checked, claimed until placed."""
 
-    recorded: RecordedChunk | RecordedPiece
+    recorded: Recorded
     future: Future[None]
     packed: bytes  # as the pack holds it
 
@@ -151,6 +159,7 @@ class ImageCache:
         self.limit_bytes = limit_bytes
         self.objects = root / "objects"
         self.partial = root / "partial"
+        self.staged = root / "staged"
         self.images = root / "images"
         self.stats = CacheStats()
         self._lock = threading.Lock()
@@ -165,12 +174,14 @@ class ImageCache:
         self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
         self._recording: set[str] = set()  # images a start is recording
         self._read_log: list[tuple[float, str, int, int]] = []  # (time, file, offset, size)
+        self._open_log: list[tuple[float, str]] = []  # (time, small file) while recording
+        self._staged: set[str] = set()  # small files placed in staged/ while recording
         self._claimed_pieces: dict[str, RecordedPiece] = {}  # by key, while a prefetch has them
         # Told (file digest, offset, bytes) each time part of a large file is placed, after it
         # is: the FUSE server hands it to the kernel's page cache when a container has the
         # file open. It must not block: the placing thread may hold a chunk others wait for.
         self.on_extent_placed: Callable[[str, int, memoryview], None] | None = None
-        for directory in (self.objects, self.partial, self.images):
+        for directory in (self.objects, self.partial, self.staged, self.images):
             directory.mkdir(parents=True, exist_ok=True)
         for prefix in range(256):  # made once, not checked at every write
             (self.objects / f"{prefix:02x}").mkdir(exist_ok=True)
@@ -239,12 +250,20 @@ class ImageCache:
         return file_digest in self._usage
 
     def ensure_object(self, file_digest: str) -> Path:
-        """The complete local copy of a file's content, fetching every chunk it lacks."""
+        """The complete local copy of a file's content, fetching every chunk it lacks (unless a
+        prefetch is about to place it)."""
         if self.has_object(file_digest):
             self._touch(file_digest)
             return self.object_file(file_digest)
+        prefetched = self._inflight.get(RecordedObject(file_digest, 0, 0).key)
+        if prefetched is not None:
+            with contextlib.suppress(Exception):  # if it failed, the chunks are fetched below
+                prefetched.result()
+        if self._unstage(file_digest) or self.has_object(file_digest):
+            return self.object_file(file_digest)
         for extent in self._file(file_digest).extents:
             self.ensure_chunk(extent.chunk)
+        self._unstage(file_digest)
         if not self.has_object(file_digest):
             raise NotFoundError(f"object {file_digest} missing after its chunks arrived")
         return self.object_file(file_digest)
@@ -354,7 +373,7 @@ class ImageCache:
 
     def _chunk_placed(self, chunk_digest: str) -> bool:
         for ref in self._refs(chunk_digest):
-            if self.has_object(ref.file.digest):
+            if self.has_object(ref.file.digest) or ref.file.digest in self._staged:
                 continue
             partial = self._partials.get(ref.file.digest)
             if partial is None or ref.extent not in partial.have:
@@ -385,13 +404,19 @@ class ImageCache:
             self._fetch_log.append((time.monotonic(), chunk_digest))
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
-        objects = str(self.objects)
+        objects, staged = str(self.objects), str(self.staged)
         for ref in self._refs(chunk_digest):
             found, extent = ref.file, ref.file.extents[ref.extent]
-            if self.has_object(found.digest):
+            if self.has_object(found.digest) or found.digest in self._staged:
                 continue
             piece = memoryview(data)[extent.offset : extent.offset + extent.length]
-            if len(found.extents) == 1:
+            if len(found.extents) == 1 and self._recording:
+                # Staged, not in the object directory: while a start records, each small file
+                # it opens must reach the FUSE server to be noted, and is moved in then.
+                _write_atomic(f"{staged}/{found.digest}", piece)
+                with self._lock:
+                    self._staged.add(found.digest)
+            elif len(found.extents) == 1:
                 target = f"{objects}/{object_path(found.digest)}"
                 self._add_object(found.digest, _write_atomic(target, piece))
             else:
@@ -437,14 +462,31 @@ class ImageCache:
 
     def start_recording(self, image_id: str) -> None:
         """A start of the image records what it reads (none has before): until it is saved,
-        reads of large files are noted, and none of their pages go to the kernel ahead of a
-        read (the FUSE server asks `recording`), so that every page read is seen."""
+        the small files it opens and its reads of large files are noted (the FUSE server tells),
+        and each must reach the FUSE server to be seen: small files placed meanwhile wait in
+        `staged/` until opened (or until the recording ends), and no page of a large file goes
+        to the kernel ahead of its read (the FUSE server asks `recording`)."""
         with self._lock:
             self._recording.add(image_id)
 
     def stop_recording(self, image_id: str) -> None:
         with self._lock:
             self._recording.discard(image_id)
+            staged = [] if self._recording else list(self._staged)
+        for digest in staged:
+            self._unstage(digest)
+
+    def _unstage(self, file_digest: str) -> bool:
+        """Move a small file placed while recording into the object directory; False if it
+        is not staged."""
+        with self._lock:
+            if file_digest not in self._staged:
+                return False
+            self._staged.discard(file_digest)
+            target = self.object_file(file_digest)
+            os.replace(self.staged / file_digest, target)
+        self._add_object(file_digest, target.stat().st_size)
+        return True
 
     @property
     def recording(self) -> bool:
@@ -457,16 +499,19 @@ class ImageCache:
             with self._lock:
                 self._read_log.append((time.monotonic(), file_digest, offset, size))
 
+    def note_open(self, file_digest: str) -> None:
+        """A container opened a small file (the FUSE server tells, while recording)."""
+        if self._recording:
+            with self._lock:
+                self._open_log.append((time.monotonic(), file_digest))
+
     def reads_since(self, since: float, image: ContentIndex) -> list[str | Read]:
         """What starts of `image` read since the monotonic time `since`, in the order they read
-        it: the chunks of small files fetched (by digest; a small file's neighbours come with
-        it), and the bytes of large files read."""
+        it: the small files opened (by digest) and the bytes of large files read."""
         with self._lock:
-            fetched, noted = list(self._fetch_log), list(self._read_log)
+            opened, noted = list(self._open_log), list(self._read_log)
         events: list[tuple[float, str | Read]] = [
-            (at, chunk)
-            for at, chunk in fetched
-            if at >= since and image.has_chunk(chunk) and _holds_small_files(image, chunk)
+            (at, digest) for at, digest in opened if at >= since and image.file(digest) is not None
         ]
         events += [
             (at, Read(file, offset, size))
@@ -479,9 +524,9 @@ class ImageCache:
     def save_reads(self, image_id: str, reads: list[str | Read]) -> None:
         """Record that a start of the image read `reads`, in this order, and make the image's
         prefetch pack of them: one object, read in a few large ranges instead of one request
-        per chunk. A chunk goes in as the store holds it; the bytes of large files read go in
-        as pieces of consecutive pages (each compressed alone, with its own digest), each page
-        once. The recording says where each is in the pack and what it holds. It is stored
+        per chunk. Each small file goes in compressed alone; the bytes of large files read go
+        in as pieces of consecutive pages (each compressed alone, with its own digest), each
+        page once. The recording says where each is in the pack and what it holds. It is stored
         last: once it can be read, the pack is whole."""
         items = _pieces(reads, lambda digest: self._file(digest).size)
         with ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="ember-pack") as pool:
@@ -489,8 +534,7 @@ class ImageCache:
         rows, start = [], 0
         for item, (blob, piece_digest) in zip(items, packed, strict=True):
             if isinstance(item, str):
-                objects = list(dict.fromkeys(ref.file.digest for ref in self._refs(item)))
-                rows.append({"chunk": item, "start": start, "size": len(blob), "objects": objects})
+                rows.append({"object": item, "start": start, "size": len(blob)})
             else:
                 rows.append(
                     {
@@ -511,11 +555,11 @@ class ImageCache:
     def _packed(self, item: str | Read) -> tuple[bytes, str]:
         """An item of the pack as stored, and the digest it is checked against."""
         if isinstance(item, str):
-            return self.store.get(content.chunk_key(item)), item
+            return content.compress(self.ensure_object(item).read_bytes()), item
         data = self.read(item.file, item.offset, item.size)
         return content.compress(data), content.digest(data)
 
-    def recorded_reads(self, image_id: str) -> list[RecordedChunk | RecordedPiece] | None:
+    def recorded_reads(self, image_id: str) -> list[Recorded] | None:
         try:
             document = json.loads(self.store.get(manifest.reads_key(image_id)))
         except NotFoundError:
@@ -523,14 +567,14 @@ class ImageCache:
         if not isinstance(document, dict) or document.get("format") != READS_FORMAT:
             return None  # recorded by an earlier version: the image is recorded again
         return [
-            RecordedPiece(**row) if "file" in row else RecordedChunk(**row)
+            RecordedPiece(**row) if "file" in row else RecordedObject(**row)
             for row in document["reads"]
         ]
 
     def prefetch(
         self,
         image_id: str,
-        recorded: list[RecordedChunk | RecordedPiece],
+        recorded: list[Recorded],
         indexed: Future[object],
         workers: int = PREFETCH_WORKERS,
     ) -> None:
@@ -552,9 +596,7 @@ class ImageCache:
             ahead=PREFETCH_AHEAD,
         )
 
-    def _fetch_range(
-        self, image_id: str, run: list[RecordedChunk | RecordedPiece]
-    ) -> list[tuple[int, _Claimed]]:
+    def _fetch_range(self, image_id: str, run: list[Recorded]) -> list[tuple[int, _Claimed]]:
         """What of `run` this host lacks, read from the pack in one request, each claimed until
         placed (a reader that wants it meanwhile waits for it), with its place in the pack."""
         wanted = [recorded for recorded in run if not self._has_recorded(recorded)]
@@ -565,10 +607,7 @@ class ImageCache:
         blob = self.store.get(manifest.prefetch_key(image_id), first.start, length)
         claimed = []
         for recorded in wanted:
-            if isinstance(recorded, RecordedPiece):
-                future, owner = self._claim_piece(recorded)
-            else:
-                future, owner = self._claim(recorded.chunk)
+            future, owner = self._claim_recorded(recorded)
             if owner:
                 at = recorded.start - first.start
                 packed = blob[at : at + recorded.size]
@@ -581,7 +620,7 @@ class ImageCache:
         loaded. The claim is settled either way, with the error if that failed: a reader that
         wants those bytes then fetches their chunks. Raises only if the index could not be
         loaded or placing failed."""
-        recorded, future, key = claimed.recorded, claimed.future, _claim_key(claimed.recorded)
+        recorded, future, key = claimed.recorded, claimed.future, claimed.recorded.key
         try:
             data = self._open_packed(recorded, claimed.packed)
         except BaseException as error:
@@ -593,11 +632,12 @@ class ImageCache:
         except BaseException as error:  # nothing can be placed
             self._settle(key, future, error)
             raise
-        if isinstance(recorded, RecordedChunk):
-            self._place_claimed(recorded.chunk, future, lambda: data)
-            return
         try:
-            if not self.has_object(recorded.file):
+            if isinstance(recorded, RecordedObject):
+                if not self.has_object(recorded.object):
+                    target = self.object_file(recorded.object)
+                    self._add_object(recorded.object, _write_atomic(target, data))
+            elif not self.has_object(recorded.file):
                 self._write_partial(recorded.file, recorded.file_size, recorded.offset, data)
                 if self.on_extent_placed is not None:
                     self.on_extent_placed(recorded.file, recorded.offset, memoryview(data))
@@ -606,34 +646,32 @@ class ImageCache:
             raise
         self._settle(key, future)
 
-    def _has_recorded(self, recorded: RecordedChunk | RecordedPiece) -> bool:
-        if isinstance(recorded, RecordedPiece):
-            if self.has_object(recorded.file):
-                return True
-            partial = self._partials.get(recorded.file)
-            return partial is not None and partial.has(recorded.offset, recorded.length)
-        if any(loaded.has_chunk(recorded.chunk) for loaded in self._loaded):  # known exactly
-            return self._chunk_placed(recorded.chunk)
-        return all(self.has_object(digest) for digest in recorded.objects)
+    def _has_recorded(self, recorded: Recorded) -> bool:
+        if isinstance(recorded, RecordedObject):
+            return self.has_object(recorded.object)
+        if self.has_object(recorded.file):
+            return True
+        partial = self._partials.get(recorded.file)
+        return partial is not None and partial.has(recorded.offset, recorded.length)
 
-    def _open_packed(self, recorded: RecordedChunk | RecordedPiece, blob: bytes) -> bytes:
-        digest = recorded.digest if isinstance(recorded, RecordedPiece) else recorded.chunk
+    def _open_packed(self, recorded: Recorded, blob: bytes) -> bytes:
+        """Raises CorruptChunkError if damaged: the store has no copy of its own of a packed
+        object or piece, so a read of those bytes fetches their chunks instead."""
+        digest = recorded.object if isinstance(recorded, RecordedObject) else recorded.digest
         try:
             data = content.open_chunk(digest, blob)
         except CorruptChunkError:
             with self._lock:
                 self.stats.corrupt_chunks += 1
-            if isinstance(recorded, RecordedPiece):
-                raise  # the store has no copy of a piece: its chunks are fetched when read
-            return self._fetch(digest)
+            raise
         self._count_fetched(digest, data, blob)
         return data
 
-    def _claim_piece(self, piece: RecordedPiece) -> tuple[Future[None], bool]:
-        future, owner = self._claim(piece.key)
-        if owner:
+    def _claim_recorded(self, recorded: Recorded) -> tuple[Future[None], bool]:
+        future, owner = self._claim(recorded.key)
+        if owner and isinstance(recorded, RecordedPiece):
             with self._lock:
-                self._claimed_pieces[piece.key] = piece
+                self._claimed_pieces[recorded.key] = recorded
         return future, owner
 
     def _wait_for_pieces(self, file_digest: str, offset: int, size: int) -> None:
@@ -667,8 +705,9 @@ class ImageCache:
             self._used_bytes += size
 
     def _discard_partials(self) -> None:
-        for item in self.partial.iterdir():
-            item.unlink()
+        for directory in (self.partial, self.staged):
+            for item in directory.iterdir():
+                item.unlink()
 
     def _touch(self, file_digest: str) -> None:
         with self._lock:
@@ -722,15 +761,6 @@ class ImageCache:
         return removed
 
 
-def _claim_key(recorded: RecordedChunk | RecordedPiece) -> str:
-    return recorded.key if isinstance(recorded, RecordedPiece) else recorded.chunk
-
-
-def _holds_small_files(image: ContentIndex, chunk_digest: str) -> bool:
-    """Whether the chunk holds whole files (not a piece of a large one)."""
-    return any(len(ref.file.extents) == 1 for ref in image.refs(chunk_digest))
-
-
 def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str | Read]:
     """`reads` with the bytes of large files as runs of whole pages, each page once, where
     first read; a run that goes on from the one before it in the same file joins it, up to
@@ -766,9 +796,9 @@ def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str 
     return pieces
 
 
-def _ranges(recorded: list[RecordedChunk], limit: int) -> Iterator[list[RecordedChunk]]:
+def _ranges(recorded: list[Recorded], limit: int) -> Iterator[list[Recorded]]:
     """The recording in runs of consecutive chunks of about `limit` stored bytes."""
-    run: list[RecordedChunk] = []
+    run: list[Recorded] = []
     for chunk in recorded:
         run.append(chunk)
         if chunk.start + chunk.size - run[0].start >= limit:

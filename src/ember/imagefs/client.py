@@ -101,8 +101,10 @@ class ImageFSClient:
             f"the imagefs daemon did not start; see {self.root / 'daemon.log'}"
         )
 
-    async def prepare(self, image_id: str) -> PreparedImage:
-        answer = await self.request("prepare", image=image_id)
+    async def prepare(self, image_id: str, *, records: bool = False) -> PreparedImage:
+        """The image, ready for a container's root. `records`: this is a container's start,
+        which records what it reads if no start of the image has (a build step's is not)."""
+        answer = await self.request("prepare", image=image_id, records=records)
         return PreparedImage(
             Path(answer["metadata"]),
             tuple(Path(p) for p in answer["data_layers"]),
@@ -113,7 +115,8 @@ class ImageFSClient:
         )
 
     async def record(self, image_id: str, since: float) -> int:
-        """Save the chunks fetched since `since` as what a start of the image reads."""
+        """Save what a start of the image read since `since` (small files opened, reads of
+        large files) as its recording."""
         return (await self.request("record", image=image_id, since=since))["chunks"]
 
     async def stats(self) -> dict:

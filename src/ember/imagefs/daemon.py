@@ -33,7 +33,7 @@ import trio
 
 from ember.container import overlay
 from ember.errors import Error
-from ember.imagefs.cache import ImageCache, RecordedChunk, RecordedPiece
+from ember.imagefs.cache import ImageCache, Recorded
 from ember.imagefs.fuse import ObjectFS
 from ember.imagefs.index import ContentIndex
 from ember.imagefs.store import open_store
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "daemon.sock"
 PID_NAME = "daemon.pid"
 TOUCH_EVERY_S = 60.0
+RECORDING_LIMIT_S = 300.0  # the worker saves a recording after 120 s at most
 
 
 class Daemon:
@@ -126,8 +127,10 @@ class Daemon:
             # are fetched while the content index is read, and placed once it is loaded.
             reads = await trio.to_thread.run_sync(self.cache.recorded_reads, image_id)
             self._recorded[image_id] = reads is not None
-            if reads is None:  # this start records
+            if reads is None and request.get("records"):  # this start records
                 self.cache.start_recording(image_id)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._stop_recording_later, image_id)
             if reads:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._prefetch, image_id, reads, indexed)
@@ -166,13 +169,19 @@ class Daemon:
     async def _prefetch(
         self,
         image_id: str,
-        recorded: list[RecordedChunk | RecordedPiece],
+        recorded: list[Recorded],
         indexed: Future[ContentIndex],
     ) -> None:
         try:
             await trio.to_thread.run_sync(self.cache.prefetch, image_id, recorded, indexed)
         except Exception:  # a later read fetches what this could not, or fails itself
             log.exception("prefetching image %s failed", image_id)
+
+    async def _stop_recording_later(self, image_id: str) -> None:
+        """A recording whose `record` never comes (its worker went away) ends anyway: while one
+        runs, this host pushes no pages ahead and stages small files."""
+        await trio.sleep(RECORDING_LIMIT_S)
+        self.cache.stop_recording(image_id)
 
     async def _op_record(self, request: dict) -> dict:
         image_id = request["image"]

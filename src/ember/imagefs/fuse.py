@@ -119,6 +119,7 @@ class ObjectFS(pyfuse3.Operations):
         entry = self._cache.file(digest)
         fd = None
         if entry is not None and len(entry.extents) == 1:
+            self._cache.note_open(digest)
             path = await _in_thread(self._cache.ensure_object, digest)
             fd = os.open(path, os.O_RDONLY)
         elif entry is not None and digest not in self._in_kernel and not self._cache.recording:

@@ -2,8 +2,8 @@
 
 Images live in the chunk store; the host's imagefs daemon (started here, or found running from
 before a worker restart) fetches each image's metadata, mounts it, and serves content lazily.
-The first start of an image records which chunks it read, so that later cold starts on any host
-prefetch exactly those while the container starts.
+The first start of an image records what it read (the small files it opened, the pages of large
+files), so that later cold starts on any host prefetch exactly that while the container starts.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ class ImageFSRoots:
         if not image_id:
             raise InvalidError("the function names no image; deploy it again with this client")
         try:
-            prepared = await self.client.prepare(image_id)
+            prepared = await self.client.prepare(image_id, records=True)
         except ConnectionError:  # the daemon died (or was stopped): start a new one
             log.warning("the imagefs daemon is gone; starting it again")
             await self.prepare(self._store_url)
-            prepared = await self.client.prepare(image_id)
+            prepared = await self.client.prepare(image_id, records=True)
         if not prepared.recorded and image_id not in self._recording:
             self._recording.add(image_id)
             loop = asyncio.get_running_loop()
@@ -82,7 +82,7 @@ class ImageFSRoots:
 
     async def _record(self, image_id: str, prepared: PreparedImage) -> None:
         try:
-            chunks = await self.client.record(image_id, prepared.since)
-            log.info("image %s: recorded %d chunks read by its first start", image_id, chunks)
+            reads = await self.client.record(image_id, prepared.since)
+            log.info("image %s: recorded %d reads of its first start", image_id, reads)
         except Exception as error:  # only later starts' prefetching suffers
             log.warning("image %s: recording its reads failed: %s", image_id, error)

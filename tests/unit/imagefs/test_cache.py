@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ember.imagefs import content, index, manifest
-from ember.imagefs.cache import ImageCache, Read, RecordedChunk, RecordedPiece
+from ember.imagefs.cache import ImageCache, Read, Recorded, RecordedObject, RecordedPiece
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ContentIndex
 from ember.imagefs.pack import pack_tree
@@ -202,7 +202,9 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     first = ImageCache(tmp_path / "host1", store, 1 << 30)
     loaded = first.load_image(image_id)
     first.start_recording(image_id)
-    first.ensure_object(digest_of(tree, "lib/small5.py"))
+    small5 = digest_of(tree, "lib/small5.py")
+    first.note_open(small5)  # as the FUSE server tells it
+    first.ensure_object(small5)
     # Reads of a large file, as the FUSE server tells them: a page, the two after it (read with
     # a page again), a few bytes of the last chunk.
     for offset, size in [(CHUNK_SIZE, 4096), (CHUNK_SIZE, 12288), (3 * CHUNK_SIZE + 8192, 100)]:
@@ -211,9 +213,8 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     first.stop_recording(image_id)
     first.note_read(big, 0, 4096)  # no longer recording: not noted
     reads = first.reads_since(0.0, loaded)
-    small_files_chunk = loaded.file(digest_of(tree, "lib/small5.py")).extents[0].chunk
     assert reads == [
-        small_files_chunk,  # a small file's whole chunk (its neighbours come with it)
+        small5,  # the small file opened, not the chunk it came in
         Read(big, CHUNK_SIZE, 4096),
         Read(big, CHUNK_SIZE, 12288),
         Read(big, 3 * CHUNK_SIZE + 8192, 100),
@@ -222,8 +223,7 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
 
     second = ImageCache(tmp_path / "host2", store, 1 << 30)
     recorded = second.recorded_reads(image_id)
-    assert isinstance(recorded[0], RecordedChunk) and recorded[0].chunk == small_files_chunk
-    assert len(recorded[0].objects) == 20  # the small files' pack names every file it holds
+    assert isinstance(recorded[0], RecordedObject) and recorded[0].object == small5
     # Each page read once, in whole pages, the ones that follow each other in one piece.
     assert [(r.offset, r.length) for r in recorded[1:] if isinstance(r, RecordedPiece)] == [
         (CHUNK_SIZE, 12288),
@@ -233,7 +233,7 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
     # One ranged read of the pack brought them all, and no chunk was read on its own.
     assert store.gets == [index.index_key(image_id), manifest.prefetch_key(image_id)]
-    assert second.ensure_object(digest_of(tree, "lib/small17.py")).exists()
+    assert second.ensure_object(small5).read_bytes() == (tree / "lib/small5.py").read_bytes()
     assert second.read(big, CHUNK_SIZE + 100, 12000) == expected[CHUNK_SIZE + 100 :][:12000]
     assert (
         second.read_local(big, 3 * CHUNK_SIZE + 8192, 4096)
@@ -243,9 +243,29 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     # Exactly those: the page after them was never read, so it is not here until read.
     assert second.read_local(big, CHUNK_SIZE + 12288, 4096) is None
     assert second.read(big, CHUNK_SIZE + 12288, 4096) == expected[CHUNK_SIZE + 12288 :][:4096]
-    assert chunk_gets(store) == 1
+    assert not second.has_object(digest_of(tree, "lib/small17.py"))  # a neighbour never opened
+    assert second.ensure_object(digest_of(tree, "lib/small17.py")).exists()
+    assert chunk_gets(store) == 2
     second.prefetch(image_id, recorded, indexed(None))  # the host has it all: nothing fetched
-    assert chunk_gets(store) == 1 and store.gets.count(manifest.prefetch_key(image_id)) == 1
+    assert chunk_gets(store) == 2 and store.gets.count(manifest.prefetch_key(image_id)) == 1
+
+
+def test_while_recording_small_files_wait_outside_the_object_directory_until_opened(
+    image, tmp_path
+) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    cache.start_recording(image_id)
+    small3, small17 = digest_of(tree, "lib/small3.py"), digest_of(tree, "lib/small17.py")
+    assert cache.ensure_object(small3).read_bytes() == (tree / "lib/small3.py").read_bytes()
+    # Its neighbours came with it, but not into the object directory (overlay's layer): their
+    # opens must reach the FUSE server to be noted.
+    assert not cache.object_file(small17).exists()
+    assert cache.ensure_object(small17).exists() and chunk_gets(store) == 1
+    cache.stop_recording(image_id)  # the rest move in
+    assert cache.object_file(digest_of(tree, "lib/small9.py")).exists()
+    assert not any(cache.staged.iterdir()) and chunk_gets(store) == 1
 
 
 def test_a_piece_damaged_in_the_pack_is_never_served(image, tmp_path) -> None:
@@ -297,20 +317,22 @@ def test_a_prefetch_fetches_while_the_manifest_is_indexed_and_places_once_it_is(
     assert cache.stats.chunks_fetched == 2 and chunk_gets(store) == 0
 
 
-def test_a_chunk_damaged_in_the_pack_comes_from_the_store_and_is_never_served(
-    image, tmp_path
-) -> None:
+def test_an_object_damaged_in_the_pack_is_never_served(image, tmp_path) -> None:
     store, image_id, tree = image
     recorded = recording_of(image, tmp_path)
+    assert isinstance(recorded[0], RecordedObject)
     pack = store.root / manifest.prefetch_key(image_id)
     damaged = bytearray(pack.read_bytes())
-    damaged[recorded[0].start + 10] ^= 1
+    damaged[recorded[0].start + recorded[0].size // 2] ^= 1
     pack.write_bytes(damaged)
     cache = new_cache(tmp_path, store)
     cache.prefetch(image_id, recorded, indexed(cache.load_image(image_id)))
-    assert cache.stats.corrupt_chunks == 1 and chunk_gets(store) == 1
-    small = cache.object_file(digest_of(tree, "lib/small5.py"))
-    assert small.read_bytes() == (tree / "lib/small5.py").read_bytes()
+    assert cache.stats.corrupt_chunks == 1
+    small5 = digest_of(tree, "lib/small5.py")
+    assert not cache.has_object(small5)
+    # Opened, it comes from its chunk in the store.
+    assert cache.ensure_object(small5).read_bytes() == (tree / "lib/small5.py").read_bytes()
+    assert chunk_gets(store) == 1
 
 
 def test_a_prefetch_whose_image_cannot_be_indexed_places_nothing_and_holds_nothing(
@@ -328,12 +350,13 @@ def test_a_prefetch_whose_image_cannot_be_indexed_places_nothing_and_holds_nothi
     assert cache.ensure_object(digest_of(tree, "lib/small5.py")).exists()
 
 
-def recording_of(image: tuple[CountingStore, str, Path], tmp_path: Path) -> list[RecordedChunk]:
+def recording_of(image: tuple[CountingStore, str, Path], tmp_path: Path) -> list[Recorded]:
     """What a first start that read small5.py and a page of big.so records (on another host)."""
     store, image_id, tree = image
     first = ImageCache(tmp_path / "recorder", store, 1 << 30)
     loaded = first.load_image(image_id)
     first.start_recording(image_id)
+    first.note_open(digest_of(tree, "lib/small5.py"))
     first.ensure_object(digest_of(tree, "lib/small5.py"))
     first.note_read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
     first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
