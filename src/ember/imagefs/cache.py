@@ -137,6 +137,9 @@ class _Partial:
         if last > first:
             self.pages[first:last] = b"\x01" * (last - first)
 
+    def whole(self) -> bool:
+        return self.pages.find(0) < 0
+
     def has(self, offset: int, length: int) -> bool:
         last = min(-(-(offset + length) // PAGE), len(self.pages))
         return self.pages.find(0, offset // PAGE, last) < 0
@@ -424,39 +427,46 @@ class ImageCache:
 
     def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
         found = ref.file
-        digest, file_offset = found.digest, found.starts[ref.extent]
-        partial = self._write_partial(digest, found.size, file_offset, piece)
-        with self._lock:
-            partial.have.add(ref.extent)
-            complete = len(partial.have) == len(found.extents)
-            if complete:
-                del self._partials[digest]
-        if self.on_extent_placed is not None:
-            self.on_extent_placed(digest, file_offset, piece)
-        if complete:
-            target = self.object_file(digest)
-            target.parent.mkdir(exist_ok=True)
-            path = self.partial / digest
-            os.truncate(path, found.size)
-            os.replace(path, target)
-            self._add_object(digest, found.size)
+        extent = (ref.extent, len(found.extents))
+        self._place_range(found.digest, found.size, found.starts[ref.extent], piece, extent)
 
-    def _write_partial(
-        self, file_digest: str, size: int, offset: int, data: bytes | memoryview
-    ) -> _Partial:
-        """Write bytes of a large file into its partial copy, and mark them in place."""
+    def _place_range(
+        self,
+        file_digest: str,
+        size: int,
+        offset: int,
+        data: bytes | memoryview,
+        extent: tuple[int, int] | None = None,
+    ) -> None:
+        """Write bytes of a large file into its partial copy and mark them in place (`extent`:
+        they are its extent number so-and-so of so many). Once every page or every extent is
+        in place, the file becomes a local object."""
         with self._lock:
             partial = self._partials.get(file_digest)
             if partial is None:
                 partial = self._partials[file_digest] = _Partial(size)
-        fd = os.open(self.partial / file_digest, os.O_WRONLY | os.O_CREAT, 0o444)
+        path = self.partial / file_digest
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o444)
         try:
             os.pwrite(fd, data, offset)
         finally:
             os.close(fd)
         with self._lock:
             partial.mark(offset, len(data))
-        return partial
+            if extent is not None:
+                partial.have.add(extent[0])
+            complete = self._partials.get(file_digest) is partial and (
+                partial.whole() or (extent is not None and len(partial.have) == extent[1])
+            )
+            if complete:  # (and no other thread completes it too)
+                del self._partials[file_digest]
+        if self.on_extent_placed is not None:
+            self.on_extent_placed(file_digest, offset, memoryview(data))
+        if complete:
+            target = self.object_file(file_digest)
+            os.truncate(path, size)
+            os.replace(path, target)
+            self._add_object(file_digest, size)
 
     # -- recording and prefetch -----------------------------------------------------------------
 
@@ -638,9 +648,7 @@ class ImageCache:
                     target = self.object_file(recorded.object)
                     self._add_object(recorded.object, _write_atomic(target, data))
             elif not self.has_object(recorded.file):
-                self._write_partial(recorded.file, recorded.file_size, recorded.offset, data)
-                if self.on_extent_placed is not None:
-                    self.on_extent_placed(recorded.file, recorded.offset, memoryview(data))
+                self._place_range(recorded.file, recorded.file_size, recorded.offset, data)
         except BaseException as error:
             self._settle(key, future, error)
             raise

@@ -268,6 +268,23 @@ def test_while_recording_small_files_wait_outside_the_object_directory_until_ope
     assert not any(cache.staged.iterdir()) and chunk_gets(store) == 1
 
 
+def test_a_large_file_whose_every_page_was_prefetched_is_a_local_object(image, tmp_path) -> None:
+    store, image_id, tree = image
+    big = digest_of(tree, "lib/big.so")
+    first = ImageCache(tmp_path / "host1", store, 1 << 30)
+    loaded = first.load_image(image_id)
+    first.start_recording(image_id)
+    for offset in range(0, 4 * CHUNK_SIZE, 128 << 10):  # read whole, as the kernel reads ahead
+        first.note_read(big, offset, 128 << 10)
+    first.save_reads(image_id, first.reads_since(0.0, loaded))
+    second = new_cache(tmp_path, store)
+    recorded = second.recorded_reads(image_id)
+    second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
+    # No chunk was placed whole, yet every page is here: the file is a local object.
+    assert second.has_object(big) and second.placed_ranges(big) == []
+    assert second.object_file(big).read_bytes() == (tree / "lib/big.so").read_bytes()
+
+
 def test_a_piece_damaged_in_the_pack_is_never_served(image, tmp_path) -> None:
     store, image_id, tree = image
     recorded = recording_of(image, tmp_path)
