@@ -174,7 +174,6 @@ class ImageCache:
         self._partials: dict[str, _Partial] = {}
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
-        self._fetch_log: list[tuple[float, str]] = []  # (time, chunk) in fetch order
         self._recording: set[str] = set()  # images a start is recording
         self._read_log: list[tuple[float, str, int, int]] = []  # (time, file, offset, size)
         self._open_log: list[tuple[float, str]] = []  # (time, small file) while recording
@@ -404,7 +403,6 @@ class ImageCache:
             self.stats.chunks_fetched += 1
             self.stats.bytes_fetched += len(data)
             self.stats.bytes_transferred += len(blob)
-            self._fetch_log.append((time.monotonic(), chunk_digest))
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
         objects, staged = str(self.objects), str(self.staged)
@@ -483,6 +481,9 @@ class ImageCache:
         with self._lock:
             self._recording.discard(image_id)
             staged = [] if self._recording else list(self._staged)
+            if not self._recording:  # what was noted is saved, or never will be
+                self._read_log.clear()
+                self._open_log.clear()
         for digest in staged:
             self._unstage(digest)
 

@@ -185,9 +185,9 @@ class Daemon:
 
     async def _op_record(self, request: dict) -> dict:
         image_id = request["image"]
-        self.cache.stop_recording(image_id)
         loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
         reads = self.cache.reads_since(request["since"], loaded)
+        self.cache.stop_recording(image_id)
         if reads and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
             await trio.to_thread.run_sync(self.cache.save_reads, image_id, reads)
         # Nothing fetched: this host had it all and has nothing to record, now or later.
