@@ -78,8 +78,7 @@ class RecordedObject:
 
     @property
     def key(self) -> str:
-        """What a prefetch claims it by (never a chunk digest)."""
-        return f"object:{self.object}"
+        return _object_key(self.object)
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Read(NamedTuple):
 
 @dataclass(frozen=True)
 class _Claimed:
-    """A chunk or piece read from the pack, not yet checked, claimed until placed."""
+    """A small file or a piece read from the pack, not yet checked, claimed until placed."""
 
     recorded: Recorded
     future: Future[None]
@@ -257,7 +256,7 @@ class ImageCache:
         if self.has_object(file_digest):
             self._touch(file_digest)
             return self.object_file(file_digest)
-        prefetched = self._inflight.get(RecordedObject(file_digest, 0, 0).key)
+        prefetched = self._inflight.get(_object_key(file_digest))
         if prefetched is not None:
             with contextlib.suppress(Exception):  # if it failed, the chunks are fetched below
                 prefetched.result()
@@ -405,7 +404,7 @@ class ImageCache:
             self.stats.bytes_transferred += len(blob)
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
-        objects, staged = str(self.objects), str(self.staged)
+        staged = str(self.staged)
         for ref in self._refs(chunk_digest):
             found, extent = ref.file, ref.file.extents[ref.extent]
             if self.has_object(found.digest) or found.digest in self._staged:
@@ -418,10 +417,14 @@ class ImageCache:
                 with self._lock:
                     self._staged.add(found.digest)
             elif len(found.extents) == 1:
-                target = f"{objects}/{object_path(found.digest)}"
-                self._add_object(found.digest, _write_atomic(target, piece))
+                self._write_object(found.digest, piece)
             else:
                 self._place_extent(ref, piece)
+
+    def _write_object(self, file_digest: str, data: bytes | memoryview) -> None:
+        """A whole file's content into the object directory."""
+        target = f"{self.objects}/{object_path(file_digest)}"
+        self._add_object(file_digest, _write_atomic(target, data))
 
     def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
         found = ref.file
@@ -589,15 +592,15 @@ class ImageCache:
         indexed: Future[object],
         workers: int = PREFETCH_WORKERS,
     ) -> None:
-        """Fetch the recorded chunks and pieces from the image's prefetch pack and place them,
+        """Fetch the recorded small files and pieces from the image's prefetch pack and place them,
         earliest first: they are in the order a start read them, and the starting container
         reads right behind the prefetch's front. The pack is read in ranges of about
         PACK_RANGE_BYTES, PREFETCH_AHEAD at once; `workers` threads check and place what
         arrived, each the earliest first (`imagefs.prefetch`).
 
         Fetching and checking needs no index, so it starts while the image's content index is
-        still being fetched; placing a chunk needs the index, so it waits for `indexed` (done
-        once it is loaded, or failed with the reason it could not be). What the host has is not
+        still being fetched; placing waits for `indexed` (done once it is loaded, or failed with
+        the reason it could not be: then nothing is placed for an image that cannot be used). What the host has is not
         fetched, nor what another thread is fetching."""
         prefetch.run(
             _ranges(recorded, PACK_RANGE_BYTES),
@@ -626,11 +629,10 @@ class ImageCache:
         return claimed
 
     def _check_and_place(self, claimed: _Claimed, indexed: Future[object]) -> None:
-        """Check a claimed chunk or piece from its bytes in the pack (a chunk the pack holds
-        damaged comes from the store itself) and place it once the image's content index is
-        loaded. The claim is settled either way, with the error if that failed: a reader that
-        wants those bytes then fetches their chunks. Raises only if the index could not be
-        loaded or placing failed."""
+        """Check a claimed small file or piece from its bytes in the pack and place it once the
+        image's content index is loaded. The claim is settled either way, with the error if
+        that failed (a damaged one is dropped): a reader that wants those bytes then fetches
+        their chunks. Raises only if the index could not be loaded or placing failed."""
         recorded, future, key = claimed.recorded, claimed.future, claimed.recorded.key
         try:
             data = self._open_packed(recorded, claimed.packed)
@@ -646,8 +648,7 @@ class ImageCache:
         try:
             if isinstance(recorded, RecordedObject):
                 if not self.has_object(recorded.object):
-                    target = self.object_file(recorded.object)
-                    self._add_object(recorded.object, _write_atomic(target, data))
+                    self._write_object(recorded.object, data)
             elif not self.has_object(recorded.file):
                 self._place_range(recorded.file, recorded.file_size, recorded.offset, data)
         except BaseException as error:
@@ -770,6 +771,11 @@ class ImageCache:
         return removed
 
 
+def _object_key(file_digest: str) -> str:
+    """What a prefetch claims a small file by (never a chunk digest)."""
+    return f"object:{file_digest}"
+
+
 def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str | Read]:
     """`reads` with the bytes of large files as runs of whole pages, each page once, where
     first read; a run that goes on from the one before it in the same file joins it, up to
@@ -806,11 +812,11 @@ def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str 
 
 
 def _ranges(recorded: list[Recorded], limit: int) -> Iterator[list[Recorded]]:
-    """The recording in runs of consecutive chunks of about `limit` stored bytes."""
+    """The recording in runs of consecutive items of about `limit` stored bytes."""
     run: list[Recorded] = []
-    for chunk in recorded:
-        run.append(chunk)
-        if chunk.start + chunk.size - run[0].start >= limit:
+    for item in recorded:
+        run.append(item)
+        if item.start + item.size - run[0].start >= limit:
             yield run
             run = []
     if run:

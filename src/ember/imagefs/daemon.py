@@ -190,7 +190,7 @@ class Daemon:
         self.cache.stop_recording(image_id)
         if reads and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
             await trio.to_thread.run_sync(self.cache.save_reads, image_id, reads)
-        # Nothing fetched: this host had it all and has nothing to record, now or later.
+        # Nothing read through imagefs: this host had it all, and has nothing to record.
         self._recorded[image_id] = True
         return {"chunks": len(reads)}
 
