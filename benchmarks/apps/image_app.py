@@ -52,9 +52,9 @@ def torch_probe() -> tuple[float, float, float]:
 
 
 @app.function(scaledown_window=1, timeout=600)
-def read_torch() -> dict:
-    """Read every file of the installed torch package twice (see tree_reader)."""
-    return tree_reader.read_passes("torch")
+def read_torch(passes: int) -> dict:
+    """Read every file of the installed torch package `passes` times (see tree_reader)."""
+    return tree_reader.read_passes("torch", passes)
 
 
 @app.function(image=ember.Image.debian_slim(), scaledown_window=1)
