@@ -24,23 +24,29 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from ember.errors import NotFoundError
-from ember.imagefs import content, index, manifest, prefetch
+from ember.imagefs import content, index, manifest, prefetch, recording
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ChunkRef, ContentIndex, FileContent
 from ember.imagefs.metadata import object_path
+from ember.imagefs.recording import (
+    PAGE,
+    Read,
+    ReadLog,
+    Recorded,
+    RecordedObject,
+    RecordedPiece,
+    object_key,
+)
 from ember.imagefs.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -54,8 +60,6 @@ PACK_RANGE_BYTES = 4 << 20
 PREFETCH_AHEAD = 4
 PREFETCH_WORKERS = 2
 PACK_THREADS = 8  # reading the chunks a recording packs
-READS_FORMAT = 4  # what a recording holds; one of another format is made again
-PAGE = 4096  # the unit in which the parts of a large file on this host are known
 
 
 @dataclass
@@ -65,50 +69,6 @@ class CacheStats:
     bytes_transferred: int = 0  # as stored (compressed)
     corrupt_chunks: int = 0
     evicted_objects: int = 0
-
-
-@dataclass(frozen=True)
-class RecordedObject:
-    """A small file (a file of one extent) a start of an image opened: where its content is in
-    the image's prefetch pack (compressed alone; checked against the object's digest)."""
-
-    object: str
-    start: int
-    size: int
-
-    @property
-    def key(self) -> str:
-        return _object_key(self.object)
-
-
-@dataclass(frozen=True)
-class RecordedPiece:
-    """Bytes of a large file a start of an image read: where they are in the image's prefetch
-    pack (compressed alone) and the digest they are checked against."""
-
-    file: str
-    file_size: int
-    offset: int
-    length: int
-    digest: str
-    start: int
-    size: int
-
-    @property
-    def key(self) -> str:
-        """What a prefetch claims it by (never a chunk digest)."""
-        return f"{self.file}:{self.offset}"
-
-
-Recorded = RecordedObject | RecordedPiece
-
-
-class Read(NamedTuple):
-    """Bytes of a large file a container read."""
-
-    file: str
-    offset: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -173,9 +133,7 @@ class ImageCache:
         self._partials: dict[str, _Partial] = {}
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
-        self._recording: set[str] = set()  # images a start is recording
-        self._read_log: list[tuple[float, str, int, int]] = []  # (time, file, offset, size)
-        self._open_log: list[tuple[float, str]] = []  # (time, small file) while recording
+        self.reads = ReadLog()  # while a start records, the FUSE server notes what it read
         self._staged: set[str] = set()  # small files placed in staged/ while recording
         self._claimed_pieces: dict[str, RecordedPiece] = {}  # by key, while a prefetch has them
         # Told (file digest, offset, bytes) each time part of a large file is placed, after it
@@ -256,7 +214,7 @@ class ImageCache:
         if self.has_object(file_digest):
             self._touch(file_digest)
             return self.object_file(file_digest)
-        prefetched = self._inflight.get(_object_key(file_digest))
+        prefetched = self._inflight.get(object_key(file_digest))
         if prefetched is not None:
             with contextlib.suppress(Exception):  # if it failed, the chunks are fetched below
                 prefetched.result()
@@ -410,7 +368,7 @@ class ImageCache:
             if self.has_object(found.digest) or found.digest in self._staged:
                 continue
             piece = memoryview(data)[extent.offset : extent.offset + extent.length]
-            if len(found.extents) == 1 and self._recording:
+            if len(found.extents) == 1 and self.reads.active:
                 # Staged, not in the object directory: while a start records, each small file
                 # it opens must reach the FUSE server to be noted, and is moved in then.
                 _write_atomic(f"{staged}/{found.digest}", piece)
@@ -473,20 +431,18 @@ class ImageCache:
 
     def start_recording(self, image_id: str) -> None:
         """A start of the image records what it reads (none has before): until it is saved,
-        the small files it opens and its reads of large files are noted (the FUSE server tells),
-        and each must reach the FUSE server to be seen: small files placed meanwhile wait in
-        `staged/` until opened (or until the recording ends), and no page of a large file goes
-        to the kernel ahead of its read (the FUSE server asks `recording`)."""
-        with self._lock:
-            self._recording.add(image_id)
+        the small files it opens and its reads of large files are noted in `reads` (the FUSE
+        server tells), and each must reach the FUSE server to be seen: small files placed
+        meanwhile wait in `staged/` until opened (or until the recording ends), and no page of
+        a large file goes to the kernel ahead of its read (the FUSE server asks
+        `reads.active`)."""
+        self.reads.start(image_id)
 
     def stop_recording(self, image_id: str) -> None:
+        if not self.reads.stop(image_id):
+            return  # another start still records
         with self._lock:
-            self._recording.discard(image_id)
-            staged = [] if self._recording else list(self._staged)
-            if not self._recording:  # what was noted is saved, or never will be
-                self._read_log.clear()
-                self._open_log.clear()
+            staged = list(self._staged)
         for digest in staged:
             self._unstage(digest)
 
@@ -502,39 +458,6 @@ class ImageCache:
         self._add_object(file_digest, target.stat().st_size)
         return True
 
-    @property
-    def recording(self) -> bool:
-        return bool(self._recording)
-
-    def note_read(self, file_digest: str, offset: int, size: int) -> None:
-        """A container read these bytes of a large file (the FUSE server tells, while
-        recording)."""
-        if self._recording:
-            with self._lock:
-                self._read_log.append((time.monotonic(), file_digest, offset, size))
-
-    def note_open(self, file_digest: str) -> None:
-        """A container opened a small file (the FUSE server tells, while recording)."""
-        if self._recording:
-            with self._lock:
-                self._open_log.append((time.monotonic(), file_digest))
-
-    def reads_since(self, since: float, image: ContentIndex) -> list[str | Read]:
-        """What starts of `image` read since the monotonic time `since`, in the order they read
-        it: the small files opened (by digest) and the bytes of large files read."""
-        with self._lock:
-            opened, noted = list(self._open_log), list(self._read_log)
-        events: list[tuple[float, str | Read]] = [
-            (at, digest) for at, digest in opened if at >= since and image.file(digest) is not None
-        ]
-        events += [
-            (at, Read(file, offset, size))
-            for at, file, offset, size in noted
-            if at >= since and image.file(file) is not None
-        ]
-        events.sort(key=lambda event: event[0])
-        return list(dict.fromkeys(event for _, event in events))
-
     def save_reads(self, image_id: str, reads: list[str | Read]) -> None:
         """Record that a start of the image read `reads`, in this order, and make the image's
         prefetch pack of them: one object, read in a few large ranges instead of one request
@@ -542,29 +465,23 @@ class ImageCache:
         in as pieces of consecutive pages (each compressed alone, with its own digest), each
         page once. The recording says where each is in the pack and what it holds. It is stored
         last: once it can be read, the pack is whole."""
-        items = _pieces(reads, lambda digest: self._file(digest).size)
+        items = recording.pieces(reads, lambda digest: self._file(digest).size, CHUNK_SIZE)
         with ThreadPoolExecutor(PACK_THREADS, thread_name_prefix="ember-pack") as pool:
             packed = list(pool.map(self._packed, items))
-        rows, start = [], 0
+        recorded: list[Recorded] = []
+        start = 0
         for item, (blob, piece_digest) in zip(items, packed, strict=True):
             if isinstance(item, str):
-                rows.append({"object": item, "start": start, "size": len(blob)})
+                recorded.append(RecordedObject(item, start, len(blob)))
             else:
-                rows.append(
-                    {
-                        "file": item.file,
-                        "file_size": self._file(item.file).size,
-                        "offset": item.offset,
-                        "length": item.size,
-                        "digest": piece_digest,
-                        "start": start,
-                        "size": len(blob),
-                    }
+                size = self._file(item.file).size
+                piece = RecordedPiece(
+                    item.file, size, item.offset, item.size, piece_digest, start, len(blob)
                 )
+                recorded.append(piece)
             start += len(blob)
         self.store.put(manifest.prefetch_key(image_id), b"".join(blob for blob, _ in packed))
-        document = {"format": READS_FORMAT, "reads": rows}
-        self.store.put(manifest.reads_key(image_id), json.dumps(document).encode())
+        self.store.put(manifest.reads_key(image_id), recording.document(recorded))
 
     def _packed(self, item: str | Read) -> tuple[bytes, str]:
         """An item of the pack as stored, and the digest it is checked against."""
@@ -575,15 +492,9 @@ class ImageCache:
 
     def recorded_reads(self, image_id: str) -> list[Recorded] | None:
         try:
-            document = json.loads(self.store.get(manifest.reads_key(image_id)))
+            return recording.parse(self.store.get(manifest.reads_key(image_id)))
         except NotFoundError:
             return None
-        if not isinstance(document, dict) or document.get("format") != READS_FORMAT:
-            return None  # recorded by an earlier version: the image is recorded again
-        return [
-            RecordedPiece(**row) if "file" in row else RecordedObject(**row)
-            for row in document["reads"]
-        ]
 
     def prefetch(
         self,
@@ -603,7 +514,7 @@ class ImageCache:
         the reason it could not be: then nothing is placed for an image that cannot be used). What the host has is not
         fetched, nor what another thread is fetching."""
         prefetch.run(
-            _ranges(recorded, PACK_RANGE_BYTES),
+            recording.ranges(recorded, PACK_RANGE_BYTES),
             lambda run: self._fetch_range(image_id, run),
             lambda claimed: self._check_and_place(claimed, indexed),
             workers=workers,
@@ -769,58 +680,6 @@ class ImageCache:
                 self.object_file(digest).unlink(missing_ok=True)
                 removed += 1
         return removed
-
-
-def _object_key(file_digest: str) -> str:
-    """What a prefetch claims a small file by (never a chunk digest)."""
-    return f"object:{file_digest}"
-
-
-def _pieces(reads: list[str | Read], size_of: Callable[[str], int]) -> list[str | Read]:
-    """`reads` with the bytes of large files as runs of whole pages, each page once, where
-    first read; a run that goes on from the one before it in the same file joins it, up to
-    CHUNK_SIZE."""
-    pieces: list[str | Read] = []
-    seen: dict[str, bytearray] = {}  # pages of each file already in a piece
-    for read in reads:
-        if isinstance(read, str):
-            pieces.append(read)
-            continue
-        size = size_of(read.file)
-        pages = seen.setdefault(read.file, bytearray(-(-size // PAGE)))
-        first, last = read.offset // PAGE, min(-(-(read.offset + read.size) // PAGE), len(pages))
-        while first < last:
-            first = pages.find(0, first, last)
-            if first < 0:
-                break
-            end = pages.find(1, first, last)
-            end = last if end < 0 else end
-            pages[first:end] = b"\x01" * (end - first)
-            offset, length = first * PAGE, min(end * PAGE, size) - first * PAGE
-            before = pieces[-1] if pieces else None
-            if (
-                isinstance(before, Read)
-                and before.file == read.file
-                and before.offset + before.size == offset
-                and before.size + length <= CHUNK_SIZE
-            ):
-                pieces[-1] = Read(read.file, before.offset, before.size + length)
-            else:
-                pieces.append(Read(read.file, offset, length))
-            first = end
-    return pieces
-
-
-def _ranges(recorded: list[Recorded], limit: int) -> Iterator[list[Recorded]]:
-    """The recording in runs of consecutive items of about `limit` stored bytes."""
-    run: list[Recorded] = []
-    for item in recorded:
-        run.append(item)
-        if item.start + item.size - run[0].start >= limit:
-            yield run
-            run = []
-    if run:
-        yield run
 
 
 def _write_atomic(path: str | Path, data: bytes | memoryview) -> int:

@@ -33,9 +33,10 @@ import trio
 
 from ember.container import overlay
 from ember.errors import Error
-from ember.imagefs.cache import ImageCache, Recorded
+from ember.imagefs.cache import ImageCache
 from ember.imagefs.fuse import ObjectFS
 from ember.imagefs.index import ContentIndex
+from ember.imagefs.recording import Recorded
 from ember.imagefs.store import open_store
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class Daemon:
     async def _op_record(self, request: dict) -> dict:
         image_id = request["image"]
         loaded = await trio.to_thread.run_sync(self.cache.load_image, image_id)
-        reads = self.cache.reads_since(request["since"], loaded)
+        reads = self.cache.reads.since(request["since"], loaded)
         self.cache.stop_recording(image_id)
         if reads and await trio.to_thread.run_sync(self.cache.recorded_reads, image_id) is None:
             await trio.to_thread.run_sync(self.cache.save_reads, image_id, reads)

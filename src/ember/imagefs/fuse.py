@@ -119,10 +119,10 @@ class ObjectFS(pyfuse3.Operations):
         entry = self._cache.file(digest)
         fd = None
         if entry is not None and len(entry.extents) == 1:
-            self._cache.note_open(digest)
+            self._cache.reads.note_open(digest)
             path = await _in_thread(self._cache.ensure_object, digest)
             fd = os.open(path, os.O_RDONLY)
-        elif entry is not None and digest not in self._in_kernel and not self._cache.recording:
+        elif entry is not None and digest not in self._in_kernel and not self._cache.reads.active:
             # What is placed of it goes to the kernel (unless a start records its reads).
             self._in_kernel[digest] = inode
             self._storer.submit(self._store_placed, digest, inode)
@@ -135,7 +135,7 @@ class ObjectFS(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.fd is not None:
             return os.pread(handle.fd, size, off)
-        self._cache.note_read(handle.digest, off, size)
+        self._cache.reads.note_read(handle.digest, off, size)
         # Pages of a large file already on this host are read here and now: a thread for each
         # would cost more than the read (a cold start reads ~100 MB of libtorch this way).
         data = self._cache.read_local(handle.digest, off, size)
@@ -152,7 +152,7 @@ class ObjectFS(pyfuse3.Operations):
 
     def _extent_placed(self, digest: str, offset: int, data: memoryview) -> None:
         inode = self._in_kernel.get(digest)
-        if inode is not None and not self._cache.recording:
+        if inode is not None and not self._cache.reads.active:
             self._storer.submit(self._store, inode, offset, data)
 
     def _store_placed(self, digest: str, inode: int) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from ember.imagefs import content, index, manifest
-from ember.imagefs.cache import ImageCache, Read, Recorded, RecordedObject, RecordedPiece
+from ember.imagefs.cache import ImageCache
 from ember.imagefs.content import CHUNK_SIZE, CorruptChunkError
 from ember.imagefs.index import ContentIndex
 from ember.imagefs.pack import pack_tree
+from ember.imagefs.recording import Read, Recorded, RecordedObject, RecordedPiece
 from ember.imagefs.store import LocalChunkStore
 
 
@@ -203,14 +204,14 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     loaded = first.load_image(image_id)
     first.start_recording(image_id)
     small5 = digest_of(tree, "lib/small5.py")
-    first.note_open(small5)  # as the FUSE server tells it
+    first.reads.note_open(small5)  # as the FUSE server tells it
     first.ensure_object(small5)
     # Reads of a large file, as the FUSE server tells them: a page, the two after it (read with
     # a page again), a few bytes of the last chunk.
     for offset, size in [(CHUNK_SIZE, 4096), (CHUNK_SIZE, 12288), (3 * CHUNK_SIZE + 8192, 100)]:
-        first.note_read(big, offset, size)
+        first.reads.note_read(big, offset, size)
         first.read(big, offset, size)
-    reads = first.reads_since(0.0, loaded)
+    reads = first.reads.since(0.0, loaded)
     assert reads == [
         small5,  # the small file opened, not the chunk it came in
         Read(big, CHUNK_SIZE, 4096),
@@ -219,8 +220,8 @@ def test_a_first_start_records_what_it_read_and_another_host_prefetches_exactly_
     ]
     first.save_reads(image_id, reads)
     first.stop_recording(image_id)
-    first.note_read(big, 0, 4096)  # no longer recording: not noted
-    assert first.reads_since(0.0, loaded) == []
+    first.reads.note_read(big, 0, 4096)  # no longer recording: not noted
+    assert first.reads.since(0.0, loaded) == []
 
     second = ImageCache(tmp_path / "host2", store, 1 << 30)
     recorded = second.recorded_reads(image_id)
@@ -276,8 +277,8 @@ def test_a_large_file_whose_every_page_was_prefetched_is_a_local_object(image, t
     loaded = first.load_image(image_id)
     first.start_recording(image_id)
     for offset in range(0, 4 * CHUNK_SIZE, 128 << 10):  # read whole, as the kernel reads ahead
-        first.note_read(big, offset, 128 << 10)
-    first.save_reads(image_id, first.reads_since(0.0, loaded))
+        first.reads.note_read(big, offset, 128 << 10)
+    first.save_reads(image_id, first.reads.since(0.0, loaded))
     second = new_cache(tmp_path, store)
     recorded = second.recorded_reads(image_id)
     second.prefetch(image_id, recorded, indexed(second.load_image(image_id)))
@@ -374,11 +375,11 @@ def recording_of(image: tuple[CountingStore, str, Path], tmp_path: Path) -> list
     first = ImageCache(tmp_path / "recorder", store, 1 << 30)
     loaded = first.load_image(image_id)
     first.start_recording(image_id)
-    first.note_open(digest_of(tree, "lib/small5.py"))
+    first.reads.note_open(digest_of(tree, "lib/small5.py"))
     first.ensure_object(digest_of(tree, "lib/small5.py"))
-    first.note_read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
+    first.reads.note_read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
     first.read(digest_of(tree, "lib/big.so"), CHUNK_SIZE, 10)
-    first.save_reads(image_id, first.reads_since(0.0, loaded))
+    first.save_reads(image_id, first.reads.since(0.0, loaded))
     store.gets.clear()
     return first.recorded_reads(image_id)
 
