@@ -332,7 +332,7 @@ class ImageCache:
 
     def _chunk_placed(self, chunk_digest: str) -> bool:
         for ref in self._refs(chunk_digest):
-            if self.has_object(ref.file.digest) or ref.file.digest in self._staged:
+            if self._has_whole(ref.file.digest):
                 continue
             partial = self._partials.get(ref.file.digest)
             if partial is None or ref.extent not in partial.have:
@@ -362,27 +362,31 @@ class ImageCache:
             self.stats.bytes_transferred += len(blob)
 
     def _place(self, chunk_digest: str, data: bytes) -> None:
-        staged = str(self.staged)
         for ref in self._refs(chunk_digest):
             found, extent = ref.file, ref.file.extents[ref.extent]
-            if self.has_object(found.digest) or found.digest in self._staged:
+            if self._has_whole(found.digest):
                 continue
             piece = memoryview(data)[extent.offset : extent.offset + extent.length]
-            if len(found.extents) == 1 and self.reads.active:
-                # Staged, not in the object directory: while a start records, each small file
-                # it opens must reach the FUSE server to be noted, and is moved in then.
-                _write_atomic(f"{staged}/{found.digest}", piece)
-                with self._lock:
-                    self._staged.add(found.digest)
-            elif len(found.extents) == 1:
-                self._write_object(found.digest, piece)
+            if len(found.extents) == 1:
+                self._place_object(found.digest, piece)
             else:
                 self._place_extent(ref, piece)
 
-    def _write_object(self, file_digest: str, data: bytes | memoryview) -> None:
-        """A whole file's content into the object directory."""
-        target = f"{self.objects}/{object_path(file_digest)}"
-        self._add_object(file_digest, _write_atomic(target, data))
+    def _has_whole(self, file_digest: str) -> bool:
+        """Whether the file is on this host whole: an object, or a small file staged."""
+        return self.has_object(file_digest) or file_digest in self._staged
+
+    def _place_object(self, file_digest: str, data: bytes | memoryview) -> None:
+        """A small file's content, whole: into the object directory, or into `staged/` while
+        some start records (each small file it opens must reach the FUSE server to be noted,
+        and moves in then; images share files, so whatever image this one is of)."""
+        if not self.reads.active:
+            target = f"{self.objects}/{object_path(file_digest)}"
+            self._add_object(file_digest, _write_atomic(target, data))
+            return
+        _write_atomic(f"{self.staged}/{file_digest}", data)
+        with self._lock:
+            self._staged.add(file_digest)
 
     def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
         found = ref.file
@@ -558,8 +562,8 @@ class ImageCache:
             raise
         try:
             if isinstance(recorded, RecordedObject):
-                if not self.has_object(recorded.object):
-                    self._write_object(recorded.object, data)
+                if not self._has_whole(recorded.object):
+                    self._place_object(recorded.object, data)
             elif not self.has_object(recorded.file):
                 self._place_range(recorded.file, recorded.file_size, recorded.offset, data)
         except BaseException as error:
@@ -569,7 +573,7 @@ class ImageCache:
 
     def _has_recorded(self, recorded: Recorded) -> bool:
         if isinstance(recorded, RecordedObject):
-            return self.has_object(recorded.object)
+            return self._has_whole(recorded.object)
         if self.has_object(recorded.file):
             return True
         partial = self._partials.get(recorded.file)

@@ -270,6 +270,22 @@ def test_while_recording_small_files_wait_outside_the_object_directory_until_ope
     assert not any(cache.staged.iterdir()) and chunk_gets(store) == 1
 
 
+def test_while_another_start_records_prefetched_small_files_wait_until_opened_too(
+    image, tmp_path
+) -> None:
+    """Images share files (the interpreter's): one an image's prefetch places while another
+    image records must still reach the FUSE server when the recording start opens it."""
+    store, image_id, tree = image
+    recorded = recording_of(image, tmp_path)
+    cache = new_cache(tmp_path, store)
+    cache.start_recording("im-another")
+    cache.prefetch(image_id, recorded, indexed(cache.load_image(image_id)))
+    small5 = digest_of(tree, "lib/small5.py")
+    assert not cache.object_file(small5).exists()
+    assert cache.ensure_object(small5).read_bytes() == (tree / "lib/small5.py").read_bytes()
+    assert chunk_gets(store) == 0  # it was there, staged: opened, it moved in
+
+
 def test_a_large_file_whose_every_page_was_prefetched_is_a_local_object(image, tmp_path) -> None:
     store, image_id, tree = image
     big = digest_of(tree, "lib/big.so")
