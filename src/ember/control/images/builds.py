@@ -7,11 +7,16 @@ for it and every step after it.
 
 Build output streams from the worker (`BuildReport`) to the caller as it comes. A failed step
 records nothing: the next build of the same chain tries it again.
+
+Deleting an image removes the chunks no other image uses. That and building exclude each other:
+a build stores its chunks (or finds them stored already and leaves them) before its image is
+recorded, so a collection running meanwhile would take chunks the new image needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -76,6 +81,9 @@ class ImageBuilds:
         self._clock = clock
         self._reports: dict[str, asyncio.Queue[api_pb2.BuildReportRequest]] = {}
         self._locks: dict[str, asyncio.Lock] = {}  # one build per cache key at a time
+        self._turns = asyncio.Condition()  # builds, or one collection of chunks, at a time
+        self._building = 0
+        self._collecting = False
 
     async def build(self, steps: list[api_pb2.ImageStep]) -> AsyncIterator[api_pb2.ImageBuildEvent]:
         if not steps or steps[0].kind not in ("base", "registry"):
@@ -97,27 +105,43 @@ class ImageBuilds:
                     return
                 if image_id is None:
                     report: list[api_pb2.BuildReportRequest] = []
-                    async for event in self._build_on_worker(parent_id, step, report):
-                        yield event
-                    done = report[0]
-                    if done.error:
-                        raise errors.ExecutionError(
-                            f"Image build failed at step {number} ({description}).\n{done.error}"
+                    async with self._build_turn():
+                        async for event in self._build_on_worker(parent_id, step, report):
+                            yield event
+                        done = report[0]
+                        if done.error:
+                            raise errors.ExecutionError(
+                                f"Image build failed at step {number} ({description}).\n"
+                                f"{done.error}"
+                            )
+                        image_id = done.image_id
+                        record = ImageRecord(
+                            image_id,
+                            parent_id,
+                            description,
+                            done.size_bytes,
+                            done.files,
+                            self._clock.now(),
                         )
-                    image_id = done.image_id
-                    record = ImageRecord(
-                        image_id,
-                        parent_id,
-                        description,
-                        done.size_bytes,
-                        done.files,
-                        self._clock.now(),
-                    )
-                    await self._store.images.add(record, key)
+                        await self._store.images.add(record, key)
             parent_key, parent_id = key, image_id
         record = await self._store.images.get(parent_id)
         assert record is not None
         yield api_pb2.ImageBuildEvent(built=_summary(record))
+
+    @contextlib.asynccontextmanager
+    async def _build_turn(self) -> AsyncIterator[None]:
+        """A step builds once no collection of chunks runs, and none starts until it is
+        recorded."""
+        async with self._turns:
+            await self._turns.wait_for(lambda: not self._collecting)
+            self._building += 1
+        try:
+            yield
+        finally:
+            async with self._turns:
+                self._building -= 1
+                self._turns.notify_all()
 
     async def _cached(self, key: str) -> str | None:
         image_id = await self._store.images.cached(key)
@@ -176,17 +200,26 @@ class ImageBuilds:
     async def delete(self, image_id: str, in_use: set[str]) -> int:
         """Forget an image and remove the chunks no other image uses; returns how many went.
 
-        Chunks are kept while any build runs: its chunks are stored before its manifest is."""
+        Chunks are kept while a step builds (a later deletion removes them): the build's chunks
+        are stored before its image is recorded. A step that starts to build meanwhile waits
+        for the collection to end."""
         if image_id in in_use:
             raise errors.InvalidError(
                 f"image {image_id} is used by a running app's function; stop the app first"
             )
         if not await self._store.images.delete(image_id):
             raise errors.NotFoundError(f"image {image_id!r} not found")
-        if self._reports:
-            return 0
-        kept = [record.image_id for record in await self._store.images.list()]
-        return await asyncio.to_thread(_collect_chunks, self._chunks, image_id, kept)
+        async with self._turns:
+            if self._building or self._collecting:
+                return 0
+            self._collecting = True
+        try:
+            kept = [record.image_id for record in await self._store.images.list()]
+            return await asyncio.to_thread(_collect_chunks, self._chunks, image_id, kept)
+        finally:
+            async with self._turns:
+                self._collecting = False
+                self._turns.notify_all()
 
 
 def _summary(record: ImageRecord) -> api_pb2.ImageInfo:
