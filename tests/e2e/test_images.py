@@ -56,9 +56,14 @@ def image_store() -> LocalChunkStore:
 
 
 def empty_host_cache() -> None:
-    """What a host that never saw any image has: no daemon, no objects, no metadata."""
+    """What a host that never saw any image has: no daemon, no objects, no metadata.
+
+    Function containers must be gone first: one left on the stopped daemon's layers would take
+    the next input and die of it (SIGBUS on a page of the interpreter not yet read). A standby
+    may stay: the worker sees that its daemon is gone and does not use it."""
     deadline = time.monotonic() + 60
-    while (local_cluster.running() and _containers() > 0) and time.monotonic() < deadline:
+    while local_cluster.running() and _live_containers() > 0:
+        assert time.monotonic() < deadline, "function containers did not scale down"
         time.sleep(0.2)
     stop_daemon(imagefs_root())
     for name in ("objects", "images", "partial", "mnt"):

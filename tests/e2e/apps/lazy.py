@@ -15,15 +15,19 @@ secret_image = ember.Image.debian_slim().run_commands(f"echo {SECRET} > /secret.
 
 app = ember.App("e2e-lazy")
 
+# Containers stop soon after their input: the tests empty the host's cache between calls, and
+# wait for that first.
+SCALEDOWN_S = 2
 
-@app.function(image=big_image)
+
+@app.function(image=big_image, scaledown_window=SCALEDOWN_S)
 def read_page(offset: int) -> int:
     with open("/big.bin", "rb") as file:
         file.seek(offset)
         return len(file.read(4096))
 
 
-@app.function(image=big_image)
+@app.function(image=big_image, scaledown_window=SCALEDOWN_S)
 def checksum_matches() -> bool:
     import hashlib
 
@@ -31,11 +35,11 @@ def checksum_matches() -> bool:
         return hashlib.sha256(big.read()).hexdigest() == listed.read().split()[0]
 
 
-@app.function(image=secret_image)
+@app.function(image=secret_image, scaledown_window=SCALEDOWN_S)
 def read_secret() -> str:
     return open("/secret.txt").read().strip()
 
 
-@app.function(image=secret_image)
+@app.function(image=secret_image, scaledown_window=SCALEDOWN_S)
 def pid() -> int:
     return os.getpid()
