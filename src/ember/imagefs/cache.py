@@ -208,6 +208,14 @@ class ImageCache:
         process writes and removes every object there)."""
         return file_digest in self._usage
 
+    def local_object(self, file_digest: str) -> str | None:
+        """The path of the file's complete local copy if there is one, else None (it never
+        fetches nor moves anything, so a caller that must not block can try it first)."""
+        if not self.has_object(file_digest):
+            return None
+        self._touch(file_digest)
+        return f"{self.objects}/{object_path(file_digest)}"
+
     def ensure_object(self, file_digest: str) -> Path:
         """The complete local copy of a file's content, fetching every chunk it lacks (unless a
         prefetch is about to place it)."""

@@ -120,7 +120,11 @@ class ObjectFS(pyfuse3.Operations):
         fd = None
         if entry is not None and len(entry.extents) == 1:
             self._cache.reads.note_open(digest)
-            path = await _in_thread(self._cache.ensure_object, digest)
+            # On this host already (a container that opened it before it was keeps coming here
+            # for it): no thread, which would cost more than the open.
+            path = self._cache.local_object(digest)
+            if path is None:
+                path = await _in_thread(self._cache.ensure_object, digest)
             fd = os.open(path, os.O_RDONLY)
         elif entry is not None and digest not in self._in_kernel and not self._cache.reads.active:
             # What is placed of it goes to the kernel (unless a start records its reads).

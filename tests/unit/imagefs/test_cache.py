@@ -152,6 +152,18 @@ def test_a_local_read_serves_only_what_the_host_has(image, tmp_path) -> None:
     assert chunk_gets(store) == 1
 
 
+def test_a_local_object_is_found_only_if_the_host_has_it(image, tmp_path) -> None:
+    store, image_id, tree = image
+    cache = new_cache(tmp_path, store)
+    cache.load_image(image_id)
+    small3 = digest_of(tree, "lib/small3.py")
+    assert cache.local_object(small3) is None and chunk_gets(store) == 0  # never fetches
+    cache.ensure_object(small3)
+    path = cache.local_object(small3)
+    assert path is not None
+    assert Path(path).read_bytes() == (tree / "lib/small3.py").read_bytes()
+
+
 def test_concurrent_readers_of_a_chunk_fetch_it_once(image, tmp_path) -> None:
     store, image_id, tree = image
     cache = new_cache(tmp_path, store)
