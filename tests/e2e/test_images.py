@@ -248,6 +248,18 @@ def test_a_worker_restart_keeps_serving_images(lazy: Any) -> None:
     assert int((imagefs_root() / "daemon.pid").read_text()) == daemon_pid  # the same daemon
 
 
+def test_containers_on_an_imagefs_daemon_that_ended_are_stopped(lazy: Any) -> None:
+    assert lazy.read_page_long_lived.remote(0) == 4096
+    os.kill(int((imagefs_root() / "daemon.pid").read_text()), signal.SIGKILL)
+    # Its pages not yet read are gone with the daemon: the worker stops the container long
+    # before its scaledown window ends, and the next input gets a new one on a new daemon.
+    deadline = time.monotonic() + 30
+    while _live_containers() > 0:
+        assert time.monotonic() < deadline, "a container on the ended daemon kept running"
+        time.sleep(0.2)
+    assert lazy.read_page_long_lived.remote(40 << 20) == 4096
+
+
 def test_the_cli_lists_inspects_and_removes_images(cluster: Any) -> None:
     marker = uuid.uuid4().hex
     image_id, _ = build(ember.Image.debian_slim().run_commands(f"echo {marker} > /gc.txt"))

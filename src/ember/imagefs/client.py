@@ -35,6 +35,7 @@ class PreparedImage:
     recorded: bool  # a start of this image has recorded its reads (anywhere)
     since: float  # the daemon's clock when prepared: the start of a recording
     daemon: str  # the daemon's life that prepared it: its mounts end with that life
+    daemon_pid: int = 0  # that daemon's process
 
     def as_recorded(self) -> PreparedImage:
         return replace(self, recorded=True)
@@ -112,6 +113,7 @@ class ImageFSClient:
             answer["recorded"],
             answer["now"],
             answer["daemon"],
+            answer["pid"],
         )
 
     async def record(self, image_id: str, since: float) -> int:

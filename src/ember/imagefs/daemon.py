@@ -165,6 +165,7 @@ class Daemon:
             "recorded": self._recorded.get(image_id, False),
             "now": time.monotonic(),
             "daemon": self.instance,
+            "pid": os.getpid(),
         }
 
     async def _prefetch(

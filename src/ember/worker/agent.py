@@ -68,6 +68,7 @@ class Worker:
         self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
         self._images = ImageFSRoots(data_dir / "imagefs")
+        self._images.on_daemon_gone = self._retire_containers_of
 
     @property
     def worker_id(self) -> str:
@@ -182,10 +183,17 @@ class Worker:
             except errors.Error as error:
                 log.warning("heartbeat failed: %s", error)
 
+    def _retire_containers_of(self, daemon: str) -> None:
+        """The imagefs daemon whose mounts these containers stand on has ended: stop them before
+        an input finds a file it cannot read (their running inputs run again elsewhere)."""
+        for container in list(self._containers.values()):
+            if container.image_daemon == daemon:
+                container.stop(failed="the host's imagefs daemon, which served its image, ended")
+
     async def stop_all(self) -> None:
         """Stop every container (each reports its exit and removes what it made); their running
         inputs run again elsewhere."""
         containers = list(self._containers.values())
         for container in containers:
-            container.stop(worker_stopping=True)
+            container.stop(failed="the worker running the container stopped")
         await asyncio.gather(*(c.stopped() for c in containers), self._standbys.close())

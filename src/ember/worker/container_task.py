@@ -98,15 +98,19 @@ class ContainerTask:
         self.task = asyncio.create_task(self._life(), name=self.container_id)
         return self.task
 
-    def stop(self, *, worker_stopping: bool = False) -> None:
+    def stop(self, *, failed: str = "") -> None:
         """Stop the container. Its running input is cancelled when the control plane ordered the
-        stop; when the worker itself is stopping, it failed an attempt and runs again elsewhere."""
-        if worker_stopping:
-            self._stopped_as = Exit(
-                api_pb2.RESULT_STATUS_CONTAINER_DIED, "the worker running the container stopped"
-            )
+        stop; when the host `failed` it (the worker is stopping, say), the input failed an
+        attempt for that reason and runs again elsewhere."""
+        if failed:
+            self._stopped_as = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, failed)
         if self.task is not None:
             self.task.cancel()
+
+    @property
+    def image_daemon(self) -> str | None:
+        """The life of the imagefs daemon whose mounts the container's root stands on."""
+        return self._image.daemon if self._image is not None else None
 
     async def _life(self) -> None:
         outcome = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, "the container stopped")

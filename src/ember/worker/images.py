@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,27 @@ class ImageRoots(Protocol):
 
     async def root_for(self, image_id: str) -> PreparedImage: ...
 
+    def _watch(self, prepared: PreparedImage) -> None:
+        """Hear when the daemon that prepared the image ends (once for each of its lives)."""
+        if prepared.daemon in self._watched or not prepared.daemon_pid:
+            return
+        try:
+            pidfd = os.pidfd_open(prepared.daemon_pid)
+        except ProcessLookupError:  # gone already
+            self._daemon_gone(prepared.daemon, None)
+            return
+        self._watched.add(prepared.daemon)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._daemon_gone, prepared.daemon, pidfd)
+
+    def _daemon_gone(self, daemon: str, pidfd: int | None) -> None:
+        if pidfd is not None:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
+        log.warning("the imagefs daemon ended; stopping the containers on its mounts")
+        if self.on_daemon_gone is not None:
+            self.on_daemon_gone(daemon)
+
     def first_start_done(self, image_id: str, prepared: PreparedImage) -> None: ...
 
 
@@ -51,6 +73,10 @@ class ImageFSRoots:
         self._store_url = ""
         self._recording: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watched: set[str] = set()  # the daemon lives whose end this hears of
+        # Told a daemon life that ended: the containers on its mounts can read nothing more
+        # they had not read (a page of the interpreter not yet needed kills them with SIGBUS).
+        self.on_daemon_gone: Callable[[str], None] | None = None
 
     async def prepare(self, store_url: str) -> None:
         self._store_url = store_url
@@ -65,12 +91,34 @@ class ImageFSRoots:
             log.warning("the imagefs daemon is gone; starting it again")
             await self.prepare(self._store_url)
             prepared = await self.client.prepare(image_id, records=True)
+        self._watch(prepared)
         if not prepared.recorded and image_id not in self._recording:
             self._recording.add(image_id)
             loop = asyncio.get_running_loop()
             loop.call_later(RECORD_LIMIT_S, self.first_start_done, image_id, prepared)
             return prepared
         return prepared.as_recorded()
+
+    def _watch(self, prepared: PreparedImage) -> None:
+        """Hear when the daemon that prepared the image ends (once for each of its lives)."""
+        if prepared.daemon in self._watched or not prepared.daemon_pid:
+            return
+        try:
+            pidfd = os.pidfd_open(prepared.daemon_pid)
+        except ProcessLookupError:  # gone already
+            self._daemon_gone(prepared.daemon, None)
+            return
+        self._watched.add(prepared.daemon)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._daemon_gone, prepared.daemon, pidfd)
+
+    def _daemon_gone(self, daemon: str, pidfd: int | None) -> None:
+        if pidfd is not None:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
+        log.warning("the imagefs daemon ended; stopping the containers on its mounts")
+        if self.on_daemon_gone is not None:
+            self.on_daemon_gone(daemon)
 
     def first_start_done(self, image_id: str, prepared: PreparedImage) -> None:
         """Save what the image's first start on this host read (once, in the background)."""

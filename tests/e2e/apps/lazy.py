@@ -20,11 +20,21 @@ app = ember.App("e2e-lazy")
 SCALEDOWN_S = 2
 
 
-@app.function(image=big_image, scaledown_window=SCALEDOWN_S)
-def read_page(offset: int) -> int:
+def _page(offset: int) -> int:
     with open("/big.bin", "rb") as file:
         file.seek(offset)
         return len(file.read(4096))
+
+
+@app.function(image=big_image, scaledown_window=SCALEDOWN_S)
+def read_page(offset: int) -> int:
+    return _page(offset)
+
+
+@app.function(image=big_image, scaledown_window=600)
+def read_page_long_lived(offset: int) -> int:
+    """read_page in a container that stays long after its input unless something stops it."""
+    return _page(offset)
 
 
 @app.function(image=big_image, scaledown_window=SCALEDOWN_S)
