@@ -219,9 +219,9 @@ class ImageCache:
     def ensure_object(self, file_digest: str) -> Path:
         """The complete local copy of a file's content, fetching every chunk it lacks (unless a
         prefetch is about to place it)."""
-        if self.has_object(file_digest):
-            self._touch(file_digest)
-            return self.object_file(file_digest)
+        local = self.local_object(file_digest)
+        if local is not None:
+            return Path(local)
         prefetched = self._inflight.get(object_key(file_digest))
         if prefetched is not None:
             with contextlib.suppress(Exception):  # if it failed, the chunks are fetched below
@@ -515,16 +515,16 @@ class ImageCache:
         indexed: Future[object],
         workers: int = PREFETCH_WORKERS,
     ) -> None:
-        """Fetch the recorded small files and pieces from the image's prefetch pack and place them,
-        earliest first: they are in the order a start read them, and the starting container
+        """Fetch the recorded small files and pieces from the image's prefetch pack and place
+        them, earliest first: they are in the order a start read them, and the starting container
         reads right behind the prefetch's front. The pack is read in ranges of about
         PACK_RANGE_BYTES, PREFETCH_AHEAD at once; `workers` threads check and place what
         arrived, each the earliest first (`imagefs.prefetch`).
 
         Fetching and checking needs no index, so it starts while the image's content index is
         still being fetched; placing waits for `indexed` (done once it is loaded, or failed with
-        the reason it could not be: then nothing is placed for an image that cannot be used). What the host has is not
-        fetched, nor what another thread is fetching."""
+        the reason it could not be: then nothing is placed for an image that cannot be used).
+        What the host has is not fetched, nor what another thread is fetching."""
         prefetch.run(
             recording.ranges(recorded, PACK_RANGE_BYTES),
             lambda run: self._fetch_range(image_id, run),

@@ -34,27 +34,6 @@ class ImageRoots(Protocol):
 
     async def root_for(self, image_id: str) -> PreparedImage: ...
 
-    def _watch(self, prepared: PreparedImage) -> None:
-        """Hear when the daemon that prepared the image ends (once for each of its lives)."""
-        if prepared.daemon in self._watched or not prepared.daemon_pid:
-            return
-        try:
-            pidfd = os.pidfd_open(prepared.daemon_pid)
-        except ProcessLookupError:  # gone already
-            self._daemon_gone(prepared.daemon, None)
-            return
-        self._watched.add(prepared.daemon)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(pidfd, self._daemon_gone, prepared.daemon, pidfd)
-
-    def _daemon_gone(self, daemon: str, pidfd: int | None) -> None:
-        if pidfd is not None:
-            asyncio.get_running_loop().remove_reader(pidfd)
-            os.close(pidfd)
-        log.warning("the imagefs daemon ended; stopping the containers on its mounts")
-        if self.on_daemon_gone is not None:
-            self.on_daemon_gone(daemon)
-
     def first_start_done(self, image_id: str, prepared: PreparedImage) -> None: ...
 
 
