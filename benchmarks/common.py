@@ -193,6 +193,19 @@ def _machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / _TICK
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces): the
+    state is [0], the parent [1], utime [11], stime [12], cutime [13], cstime [14]."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a process has used itself (user and system)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _our_cpu_s() -> float:
     """CPU seconds used by this process and everything it started (the local cluster, its
     containers, Ray): each live process's own time plus that of its children it has reaped."""
@@ -202,8 +215,7 @@ def _our_cpu_s() -> float:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+            fields = _stat_fields(entry.name)
         except OSError:
             continue  # it ended meanwhile
         pid = int(entry.name)

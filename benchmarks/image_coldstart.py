@@ -117,6 +117,7 @@ from benchmarks.common import (
     load_app,
     log,
     percentile,
+    process_cpu_s,
     summary_ms,
     time_limit,
     wait_for_containers,
@@ -909,17 +910,11 @@ def wait_for_quiet_daemon() -> None:
     pid = int((_imagefs_root() / "daemon.pid").read_text())
     deadline = time.monotonic() + QUIET_LIMIT_S
     while time.monotonic() < deadline:
-        used = _cpu_seconds(pid)
+        used = process_cpu_s(pid)
         time.sleep(QUIET_S)
-        if _cpu_seconds(pid) - used < QUIET_CPU_S:
+        if process_cpu_s(pid) - used < QUIET_CPU_S:
             return
     raise RuntimeError(f"the imagefs daemon was still busy after {QUIET_LIMIT_S:g} s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _steady_text(results: list[dict]) -> str:
