@@ -10,6 +10,7 @@ them `EMBER_MODULE` and `EMBER_QUALNAME` (where the function is). A standby cont
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import os
@@ -42,15 +43,19 @@ class WorkerLink:
                 time.sleep(0.01)
         self._reader = self._socket.makefile("rb")
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        self._socket.sendall(frames.encode(message))
+    def send(self, message: frames.Message) -> None:
+        self.send_frame(frames.encode(message))
 
-    def receive(self) -> tuple[Any, ...] | None:
+    def send_frame(self, frame: bytes) -> None:
+        self._socket.sendall(frame)
+
+    def receive(self) -> frames.Message | None:
         header = self._reader.read(frames.HEADER.size)
         if len(header) < frames.HEADER.size:
             return None  # the worker closed the socket: time to stop
         (length,) = frames.HEADER.unpack(header)
-        return frames.decode(self._reader.read(length))
+        frames.check_length(length)
+        return frames.decode(self._reader.read(length), frames.TO_HARNESS)
 
 
 def _remote_traceback(error: BaseException) -> str:
@@ -62,7 +67,8 @@ def _remote_traceback(error: BaseException) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    notes = getattr(error, "__notes__", None) or []
+    return "\n".join([f"{type(error).__name__}: {error}", *notes])
 
 
 def load_function() -> Callable[..., Any]:
@@ -106,7 +112,7 @@ def _call(raw_f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
 def run_input(
     link: WorkerLink, raw_f: Callable[..., Any], input_id: str, pickled_args: bytes
 ) -> None:
-    from ember.sdk.serialization import deserialize, serialize, serialize_exception
+    from ember.sdk.serialization import deserialize, serialize
 
     is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
     gen_index = 0
@@ -114,26 +120,42 @@ def run_input(
         args, kwargs = deserialize(pickled_args)
         if is_generator:
             for item in _iterate(raw_f, args, kwargs):
-                link.send(("result", input_id, gen_index, frames.SUCCESS, serialize(item), "", ""))
+                data = serialize(item, what="yielded item")
+                link.send(frames.Result(input_id, gen_index, frames.SUCCESS, data, "", ""))
                 gen_index += 1
             status, data = frames.GENERATOR_DONE, None
         else:
-            status, data = frames.SUCCESS, serialize(_call(raw_f, args, kwargs))
-        message = ("result", input_id, gen_index, status, data, "", "")
+            value = _call(raw_f, args, kwargs)
+            status, data = frames.SUCCESS, serialize(value, what="return value")
+        frame = frames.encode(frames.Result(input_id, gen_index, status, data, "", ""))
     except Exception as error:
-        message = (
-            "result",
-            input_id,
-            gen_index,
-            frames.FAILURE,
-            serialize_exception(error),
-            _describe(error),
-            _remote_traceback(error),
-        )
+        frame = _failure(input_id, gen_index, error)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    link.send(message)
+    link.send_frame(frame)
+
+
+def _failure(input_id: str, gen_index: int, error: Exception) -> bytes:
+    """The frame of a failed input; without the pickled exception if that is too large to send
+    (its text and traceback still are)."""
+    from ember.sdk.serialization import serialize_exception
+
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        error.add_note(
+            f"The container's disk is full: its limit is {os.environ.get('EMBER_DISK_MB')} MiB; "
+            "ask for more with @app.function(ephemeral_disk=...)."
+        )
+    text, traceback = _describe(error), _remote_traceback(error)
+    try:
+        pickled = serialize_exception(error)
+        return frames.encode(
+            frames.Result(input_id, gen_index, frames.FAILURE, pickled, text, traceback)
+        )
+    except frames.FrameError:
+        return frames.encode(
+            frames.Result(input_id, gen_index, frames.FAILURE, None, text, traceback)
+        )
 
 
 def output_to_files() -> None:
@@ -156,20 +178,20 @@ def main() -> None:
     load = link.receive()
     if load is None:
         return  # a standby the worker no longer needs
-    _, env = load
-    os.environ.update(env)
+    assert isinstance(load, frames.Load), "the worker sends Load first"
+    os.environ.update(load.environment)
     # The source appeared in /app after the interpreter listed it (a directory's mtime, which
     # decides whether that listing is stale, may not have moved within a clock tick).
     importlib.invalidate_caches()
     try:
         raw_f = load_function()
     except BaseException as error:
-        link.send(("init_failure", _describe(error), _remote_traceback(error)))
+        link.send(frames.InitFailure(_describe(error), _remote_traceback(error)))
         sys.exit(1)
-    link.send(("ready",))
+    link.send(frames.Ready())
     # Serialization (cloudpickle) loads while the worker fetches the first input, not after.
     import ember.sdk.serialization  # noqa: F401
 
     while (message := link.receive()) is not None:
-        _, input_id, pickled_args = message
-        run_input(link, raw_f, input_id, pickled_args)
+        assert isinstance(message, frames.Input), "after Load the worker sends only inputs"
+        run_input(link, raw_f, message.input_id, message.args)

@@ -1,41 +1,235 @@
-"""The light framing between a worker and the harness in each of its containers.
+"""The harness protocol: named, versioned, data-only messages between a worker and the harness
+in each of its containers, over the container's unix socket.
 
-A frame is a 4-byte big-endian length, then a pickled tuple whose first item names the message:
+The harness shares its process with the user's code, so everything a container sends is
+untrusted: the worker reads it with this strict decoder, which builds only strings, bytes,
+integers and string maps, never objects. Pickled arguments, results and exceptions travel as
+opaque bytes that only the SDK and the harness unpickle.
 
-    harness → worker   ("ready",)
-                       ("init_failure", exception_text, traceback)
-                       ("result", input_id, gen_index, status, data, exception_text, traceback)
-    worker → harness   ("load", environment)   once, first: the function to load (EMBER_MODULE,
-                                               EMBER_QUALNAME and others to add to os.environ)
-                       ("input", input_id, pickled_args)
+A frame is a 4-byte big-endian length of its body, then the body:
+
+    version   1 byte    VERSION; a frame of another version is refused
+    type      1 byte    the message's TAG
+    fields    in the order the message declares them:
+                str            4-byte length, then UTF-8
+                bytes          4-byte length, then the bytes
+                bytes | None   1 byte (0 absent, 1 present), then bytes if present
+                int            8-byte signed
+                dict[str, str] 4-byte count, then each key and value as str
+
+    worker → harness   Load, once, first; then Input, one at a time
+    harness → worker   Ready or InitFailure; then one Result per input (a generator sends one
+                       per item, then one with status GENERATOR_DONE)
 
 Only the standard library: the harness imports this at every cold start, and the container has
 no protobuf. Status values are those of `ResultStatus` in api.proto (a test checks they agree).
 """
 
-from __future__ import annotations
-
-import pickle
+import dataclasses
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
+VERSION = 1
 HEADER = struct.Struct(">I")
+# The largest frame either side accepts: a result or argument larger than this cannot travel (a
+# frame header is read before its body, so a bigger claim is refused before anything is held).
+MAX_FRAME_BYTES = 1 << 30
 
 SUCCESS = 1
 FAILURE = 2
 GENERATOR_DONE = 8
 
+_PREFIX = struct.Struct(">BB")
+_LENGTH = struct.Struct(">I")
+_INT = struct.Struct(">q")
+_FLAG = struct.Struct(">B")
 
-def encode(message: tuple[Any, ...]) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+class FrameError(ValueError):
+    """A frame that is not a well-formed message of this protocol (or not one this side takes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    TAG: ClassVar[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Load(Message):
+    """The function to load: variables to add to the environment first (EMBER_MODULE,
+    EMBER_QUALNAME and others). A standby container waits for it as long as the worker keeps it."""
+
+    TAG = 1
+    environment: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready(Message):
+    """The function's module is imported."""
+
+    TAG = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFailure(Message):
+    """The import failed; the harness exits after sending it."""
+
+    TAG = 3
+    exception_text: str
+    traceback: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Input(Message):
+    """One input: the `(args, kwargs)` payload as the SDK pickled it."""
+
+    TAG = 4
+    input_id: str
+    args: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Result(Message):
+    """An input's outcome: SUCCESS with the pickled value, FAILURE with the pickled exception
+    (None when it does not pickle) and its text and traceback, or GENERATOR_DONE."""
+
+    TAG = 5
+    input_id: str
+    gen_index: int
+    status: int
+    data: bytes | None
+    exception_text: str
+    traceback: str
+
+
+TO_HARNESS: tuple[type[Message], ...] = (Load, Input)
+FROM_HARNESS: tuple[type[Message], ...] = (Ready, InitFailure, Result)
+
+
+# ---- encoding
+
+
+def _put_bytes(out: list[bytes], value: bytes) -> None:
+    out.append(_LENGTH.pack(len(value)))
+    out.append(value)
+
+
+def _put_str(out: list[bytes], value: str) -> None:
+    _put_bytes(out, value.encode())
+
+
+def _put_int(out: list[bytes], value: int) -> None:
+    out.append(_INT.pack(value))
+
+
+def _put_optional_bytes(out: list[bytes], value: bytes | None) -> None:
+    out.append(_FLAG.pack(value is not None))
+    if value is not None:
+        _put_bytes(out, value)
+
+
+def _put_map(out: list[bytes], value: dict[str, str]) -> None:
+    out.append(_LENGTH.pack(len(value)))
+    for key, item in value.items():
+        _put_str(out, key)
+        _put_str(out, item)
+
+
+def encode(message: Message) -> bytes:
+    """The whole frame (header included) for `message`."""
+    out = [_PREFIX.pack(VERSION, message.TAG)]
+    for field in dataclasses.fields(message):
+        _FIELD_CODECS[field.type][0](out, getattr(message, field.name))
+    body = b"".join(out)
+    if len(body) > MAX_FRAME_BYTES:
+        raise FrameError(
+            f"a {type(message).__name__} message of {len(body) >> 20} MiB is over the "
+            f"{MAX_FRAME_BYTES >> 20} MiB a harness frame may hold"
+        )
     return HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> tuple[Any, ...]:
+# ---- decoding
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self._body = memoryview(body)
+        self._at = 0
+
+    def take(self, size: int) -> bytes:
+        end = self._at + size
+        if end > len(self._body):
+            raise FrameError("malformed harness frame: it ends inside a field")
+        value = self._body[self._at : end].tobytes()
+        self._at = end
+        return value
+
+    def unpack(self, layout: struct.Struct) -> Any:
+        return layout.unpack(self.take(layout.size))[0]
+
+    def finished(self) -> bool:
+        return self._at == len(self._body)
+
+
+def _get_bytes(reader: _Reader) -> bytes:
+    return reader.take(reader.unpack(_LENGTH))
+
+
+def _get_str(reader: _Reader) -> str:
     try:
-        message = pickle.loads(body)
-    except Exception as error:
-        raise ValueError(f"malformed harness frame: {error}") from None
-    if not isinstance(message, tuple) or not message:
-        raise ValueError("malformed harness frame")
-    return message
+        return _get_bytes(reader).decode()
+    except UnicodeDecodeError:
+        raise FrameError("malformed harness frame: a string is not UTF-8") from None
+
+
+def _get_int(reader: _Reader) -> int:
+    return int(reader.unpack(_INT))
+
+
+def _get_optional_bytes(reader: _Reader) -> bytes | None:
+    flag = reader.unpack(_FLAG)
+    if flag not in (0, 1):
+        raise FrameError("malformed harness frame: a presence flag is neither 0 nor 1")
+    return _get_bytes(reader) if flag else None
+
+
+def _get_map(reader: _Reader) -> dict[str, str]:
+    count = reader.unpack(_LENGTH)
+    return {_get_str(reader): _get_str(reader) for _ in range(count)}
+
+
+_FIELD_CODECS: dict[Any, tuple[Any, Any]] = {
+    str: (_put_str, _get_str),
+    bytes: (_put_bytes, _get_bytes),
+    int: (_put_int, _get_int),
+    bytes | None: (_put_optional_bytes, _get_optional_bytes),
+    dict[str, str]: (_put_map, _get_map),
+}
+
+
+def check_length(length: int) -> None:
+    """Refuse a frame header that claims more than a frame may hold, before reading the body."""
+    if length > MAX_FRAME_BYTES:
+        raise FrameError(
+            f"a harness frame of {length >> 20} MiB is over the {MAX_FRAME_BYTES >> 20} MiB "
+            "a frame may hold"
+        )
+
+
+def decode(body: bytes, accepted: tuple[type[Message], ...]) -> Message:
+    """The message in a frame's `body`, which must be one of the `accepted` kinds; FrameError
+    for anything else (another version, an unknown or unexpected kind, a field cut short, bytes
+    left over)."""
+    check_length(len(body))
+    reader = _Reader(body)
+    version, tag = _PREFIX.unpack(reader.take(_PREFIX.size))
+    if version != VERSION:
+        raise FrameError(f"harness frame of protocol version {version}; this side speaks {VERSION}")
+    kind = next((known for known in accepted if tag == known.TAG), None)
+    if kind is None:
+        raise FrameError(f"unexpected harness message type {tag}")
+    values = [_FIELD_CODECS[field.type][1](reader) for field in dataclasses.fields(kind)]
+    if not reader.finished():
+        raise FrameError("malformed harness frame: bytes left over after its last field")
+    return kind(*values)

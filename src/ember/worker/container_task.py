@@ -193,14 +193,14 @@ class ContainerTask:
             )
         if isinstance(hello, Exit):
             return hello
-        if hello[0] == "init_failure":
-            _, text, traceback = hello
-            return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, f"{traceback.rstrip()}\n{text}".strip())
+        if isinstance(hello, frames.InitFailure):
+            text = f"{hello.traceback.rstrip()}\n{hello.exception_text}".strip()
+            return Exit(api_pb2.RESULT_STATUS_INIT_FAILURE, text)
         self._ready = True
         return await self._serve(container)
 
-    async def _hello(self, container: StartedContainer) -> tuple[object, ...]:
-        """Give the connected harness its function; its answer."""
+    async def _hello(self, container: StartedContainer) -> frames.Message | Exit:
+        """Give the connected harness its function; its answer (Ready or InitFailure)."""
         definition = self.spec.function
         await container.link.connected()
         env = {
@@ -209,10 +209,18 @@ class ContainerTask:
             "EMBER_CONTAINER_ID": self.container_id,
             "EMBER_IMAGE_KEY": definition.image_key,
         }
-        await container.link.send(("load", env))
-        message = await container.link.receive()
+        await container.link.send(frames.Load(env))
+        try:
+            message = await container.link.receive()
+        except frames.FrameError as error:
+            return _violation(api_pb2.RESULT_STATUS_INIT_FAILURE, str(error))
         if message is None:
-            return ("init_failure", "the harness exited before it was ready", "")
+            return frames.InitFailure("the harness exited before it was ready", "")
+        if not isinstance(message, frames.Ready | frames.InitFailure):
+            return _violation(
+                api_pb2.RESULT_STATUS_INIT_FAILURE,
+                f"a {type(message).__name__} message before it was ready",
+            )
         return message
 
     async def _until_exit(self, work: Awaitable[T], timeout: float | None) -> T | Exit:
@@ -297,11 +305,12 @@ class ContainerTask:
 
     async def _run_input(self, container: StartedContainer, item: api_pb2.Input) -> Exit | None:
         """Feed one input to the harness and collect its result; an `Exit` if the container
-        must go."""
+        must go (it died, timed out, or sent something that is not this input's result)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.function.timeout_s
         link = container.link
-        await link.send(("input", item.input_id, await from_payload(self._conn, item.args)))
+        await link.send(frames.Input(item.input_id, await from_payload(self._conn, item.args)))
+        gen_index = 0  # the index the next result must carry
         while True:
             try:
                 message = await self._until_exit(link.receive(), deadline - loop.time())
@@ -310,23 +319,35 @@ class ContainerTask:
                     api_pb2.RESULT_STATUS_TIMEOUT,
                     f"the input ran past the function's timeout of {self.spec.function.timeout_s:g} s",
                 )
+            except frames.FrameError as error:
+                return _violation(api_pb2.RESULT_STATUS_CONTAINER_DIED, str(error))
             if isinstance(message, Exit):
                 return message
             if message is None:  # the harness closed the socket: the container is on its way out
                 return self._describe_exit(await container.exited)
-            _, input_id, gen_index, status, data, text, traceback = message
-            result = api_pb2.InputResult(
-                input_id=input_id,
-                gen_index=gen_index,
-                result=api_pb2.Result(status=status, exception_text=text, traceback=traceback),
+            wrong = _wrong_result(
+                message, item.input_id, gen_index, self.spec.function.is_generator
             )
-            if data is not None:
-                result.result.data.CopyFrom(await to_payload(self._conn, data))
+            if wrong:
+                return _violation(api_pb2.RESULT_STATUS_CONTAINER_DIED, wrong)
+            assert isinstance(message, frames.Result)
+            result = api_pb2.InputResult(
+                input_id=message.input_id,
+                gen_index=message.gen_index,
+                result=api_pb2.Result(
+                    status=message.status,
+                    exception_text=message.exception_text,
+                    traceback=message.traceback,
+                ),
+            )
+            if message.data is not None:
+                result.result.data.CopyFrom(await to_payload(self._conn, message.data))
             await self._logs.flush(self.container_id)
-            if self.spec.function.is_generator and status == frames.SUCCESS:
+            if self.spec.function.is_generator and message.status == frames.SUCCESS:
                 # Yielded items stream to the caller now, not with the next exchange.
                 self._results.append(result)
                 await self._exchange(want=0, wait_s=0)
+                gen_index += 1
                 continue
             self._results.append(result)
             if not self._served_one:
@@ -341,3 +362,28 @@ class ContainerTask:
         if not self._image.recorded:
             self._images.first_start_done(self.spec.function.image_id, self._image)
         self._standbys.replenish(ContainerShape.of(self.spec.function))
+
+
+def _wrong_result(message: frames.Message, input_id: str, gen_index: int, generator: bool) -> str:
+    """What is wrong with `message` as the next result of input `input_id` (empty if nothing):
+    a container may report only on the input it is running, in order."""
+    if not isinstance(message, frames.Result):
+        return f"a {type(message).__name__} message while it ran an input"
+    if message.input_id != input_id:
+        return f"a result for input {message.input_id[:80]!r}, which it was not running"
+    allowed = {frames.SUCCESS, frames.FAILURE} | ({frames.GENERATOR_DONE} if generator else set())
+    if message.status not in allowed:
+        return f"a result with status {message.status}, which is not one a harness sends"
+    if message.gen_index != gen_index:
+        return f"a result numbered {message.gen_index} where {gen_index} was due"
+    if message.status == frames.SUCCESS and message.data is None:
+        return "a successful result without a value"
+    if message.status == frames.GENERATOR_DONE and message.data is not None:
+        return "a generator's end that carries a value"
+    return ""
+
+
+def _violation(reason: int, what: str) -> Exit:
+    """The container sent its worker something the protocol does not allow: it is stopped, and
+    the input it held fails an attempt."""
+    return Exit(reason, f"the container broke the harness protocol ({what}); it was stopped")

@@ -1,11 +1,14 @@
-"""The worker's end of one container's harness socket (see `ember.proto.harness_frames`)."""
+"""The worker's end of one container's harness socket (see `ember.proto.harness_frames`).
+
+What arrives is untrusted (the user's code shares the harness's process): it is decoded as data
+only, and a frame that is not a well-formed message the harness may send raises `FrameError`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
 
 from ember.proto import harness_frames as frames
 
@@ -35,20 +38,23 @@ class HarnessLink:
     async def connected(self) -> None:
         self._reader, self._writer = await self._connected
 
-    async def send(self, message: tuple[Any, ...]) -> None:
+    async def send(self, message: frames.Message) -> None:
         assert self._writer is not None
         self._writer.write(frames.encode(message))
         await self._writer.drain()
 
-    async def receive(self) -> tuple[Any, ...] | None:
-        """The next frame, or None once the harness has gone."""
+    async def receive(self) -> frames.Message | None:
+        """The next message, or None once the harness has gone; `FrameError` for a frame that is
+        not a message the harness may send (its length is checked before its body is read)."""
         assert self._reader is not None
         try:
             header = await self._reader.readexactly(frames.HEADER.size)
             (length,) = frames.HEADER.unpack(header)
-            return frames.decode(await self._reader.readexactly(length))
+            frames.check_length(length)
+            body = await self._reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
+        return frames.decode(body, frames.FROM_HARNESS)
 
     async def close(self) -> None:
         if self._writer is not None:

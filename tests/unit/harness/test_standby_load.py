@@ -14,10 +14,10 @@ from ember.proto import harness_frames as frames
 from ember.sdk.serialization import deserialize, serialize
 
 
-def receive(connection: socket.socket) -> tuple:
+def receive(connection: socket.socket) -> frames.Message:
     reader = connection.makefile("rb")
     (length,) = frames.HEADER.unpack(reader.read(frames.HEADER.size))
-    return frames.decode(reader.read(length))
+    return frames.decode(reader.read(length), frames.FROM_HARNESS)
 
 
 def test_a_standby_harness_loads_source_that_appeared_after_it_started(tmp_path: Path) -> None:
@@ -41,12 +41,14 @@ def test_a_standby_harness_loads_source_that_appeared_after_it_started(tmp_path:
         (source_dir / "late_app.py").write_text("def add_one(x):\n    return x + 1\n")
         os.utime(source_dir, ns=(listed.st_atime_ns, listed.st_mtime_ns))
         connection.sendall(
-            frames.encode(("load", {"EMBER_MODULE": "late_app", "EMBER_QUALNAME": "add_one"}))
+            frames.encode(frames.Load({"EMBER_MODULE": "late_app", "EMBER_QUALNAME": "add_one"}))
         )
-        assert receive(connection) == ("ready",)
-        connection.sendall(frames.encode(("input", "in-1", serialize(((41,), {})))))
-        _, input_id, _, status, data, _, _ = receive(connection)
-        assert (input_id, status, deserialize(data)) == ("in-1", frames.SUCCESS, 42)
+        assert receive(connection) == frames.Ready()
+        connection.sendall(frames.encode(frames.Input("in-1", serialize(((41,), {})))))
+        result = receive(connection)
+        assert isinstance(result, frames.Result) and result.data is not None
+        assert (result.input_id, result.status) == ("in-1", frames.SUCCESS)
+        assert deserialize(result.data) == 42
         connection.close()
         assert harness.wait(timeout=30) == 0
     finally:
