@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import traceback
 from pathlib import Path
 
 from ember import errors
+from ember.cli.tracebacks import format_user_exception
 from ember.sdk import App, Function, LocalEntrypoint
 
 Runnable = Function | LocalEntrypoint
@@ -46,7 +46,7 @@ def import_app_file(path_text: str) -> object:
         raise
     except Exception as error:
         raise errors.InvalidError(
-            f"importing {path_text} failed:\n{traceback.format_exc().rstrip()}"
+            f"importing {path_text} failed:\n{format_user_exception(error).rstrip()}"
         ) from error
 
 

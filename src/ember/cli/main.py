@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 import typer
@@ -15,6 +16,7 @@ from ember.cli import (
     image_commands,
     run_commands,
     service_commands,
+    tracebacks,
 )
 
 cli = typer.Typer(
@@ -32,12 +34,19 @@ service_commands.register(cli)
 
 
 def main() -> None:
-    """Run the CLI; an error a user can cause ends in one message, never a traceback."""
+    """Run the CLI; an error a user can cause ends in one message, never a traceback, and an
+    exception from the user's code shows the user's frames, not ember's."""
     try:
         code = cli(standalone_mode=False)  # an int when a command exits early (130: Ctrl-C)
         if isinstance(code, int) and code:
             sys.exit(code)
+    except errors.RemoteError as error:
+        # The user's own exception, raised remotely, whose class does not exist here.
+        sys.stderr.write(tracebacks.format_user_exception(error))
+        sys.exit(1)
     except errors.Error as error:
+        if tracebacks.full_tracebacks():
+            traceback.print_exc()
         Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {error}", highlight=False)
         sys.exit(1)
     except click.exceptions.Abort:
@@ -47,3 +56,6 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as error:
+        sys.stderr.write(tracebacks.format_user_exception(error))
+        sys.exit(1)

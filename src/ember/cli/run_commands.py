@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from typing import Annotated, Any
 
 import typer
@@ -9,9 +11,22 @@ from rich.console import Console
 
 from ember.cli.import_file import find_runnable, import_app_file, single_app
 from ember.cli.parameters import parse_arguments
-from ember.sdk import Function, enable_output
+from ember.sdk import Function, LocalEntrypoint, enable_output
 
 console = Console(stderr=True, highlight=False)
+
+
+def call_entrypoint(entrypoint: LocalEntrypoint, values: dict[str, Any]) -> Any:
+    """Call a local entrypoint to the end; an `async def` one runs in its own event loop here.
+
+    Its own loop, not the SDK's: there `.aio` calls await the SDK's loop from outside as they do
+    from any async program, a blocking call inside it still works, and a slow step of the user's
+    does not hold up the app's heartbeats and logs, which run on the SDK's loop.
+    """
+    result = entrypoint(**values)
+    if inspect.iscoroutine(result):
+        return asyncio.run(result)
+    return result
 
 
 def run(
@@ -38,7 +53,7 @@ def run(
             if result is not None:
                 print(result)
         else:
-            runnable(**values)
+            call_entrypoint(runnable, values)
     if detach:
         console.print(
             f"app {app.app_id} keeps running; stop it with `ember app stop {app.name or path}`"

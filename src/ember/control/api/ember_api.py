@@ -12,6 +12,7 @@ from ember import errors
 from ember.control.api.errors import status_code, translate_errors
 from ember.control.scheduler.cluster import FunctionInfo
 from ember.control.store import NewInput, StoredOutput
+from ember.control.store.apps import LIVE_STATES
 from ember.proto import api_pb2, api_pb2_grpc
 
 if TYPE_CHECKING:
@@ -106,9 +107,9 @@ class EmberService(api_pb2_grpc.EmberServicer):
     async def AppStop(
         self, request: api_pb2.AppStopRequest, context: Context
     ) -> api_pb2.AppStopResponse:
-        app_id = request.app_id or (await self._plane.store.apps.find_live(request.name)).app_id
-        await self._plane.scheduler.stop_apps([app_id])
-        return api_pb2.AppStopResponse(app_id=app_id)
+        app = await self._plane.store.apps.named(request.app_id, request.name)
+        await self._plane.scheduler.stop_apps([app.app_id])
+        return api_pb2.AppStopResponse(app_id=app.app_id)
 
     @translate_errors
     async def AppList(
@@ -136,8 +137,10 @@ class EmberService(api_pb2_grpc.EmberServicer):
     async def AppLogs(
         self, request: api_pb2.AppLogsRequest, context: Context
     ) -> AsyncIterator[api_pb2.LogEntry]:
-        app_id = request.app_id or (await self._plane.store.apps.find_live(request.name)).app_id
-        async for line in self._plane.logs.read(app_id, request.after_id, request.follow):
+        app = await self._plane.store.apps.named(request.app_id, request.name)
+        # A stopped app writes no more lines: show what it wrote and end, rather than wait.
+        follow = request.follow and app.state in LIVE_STATES
+        async for line in self._plane.logs.read(app.app_id, request.after_id, follow):
             yield api_pb2.LogEntry(
                 app_id=line.app_id,
                 function_name=line.function_name,

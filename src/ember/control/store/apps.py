@@ -211,6 +211,24 @@ class AppStore:
             )
         return _app(row)
 
+    async def named(self, app_id: str, name: str) -> App:
+        """The app a command names: by id, in any state, else by name, the live one (as
+        `find_live`); one that does not exist is a NotFoundError saying where to look."""
+        if app_id:
+            try:
+                return await self.get(app_id)
+            except errors.NotFoundError:
+                raise errors.NotFoundError(
+                    f"no app {app_id}; see `ember app list --all` for the apps there are"
+                ) from None
+        try:
+            return await self.find_live(name)
+        except errors.NotFoundError:
+            raise errors.NotFoundError(
+                f"no running or deployed app named {name!r}; see `ember app list` for the apps "
+                "running now, and `ember app list --all` for the ids of stopped ones"
+            ) from None
+
     async def heartbeat(self, app_ids: Sequence[str], now: float) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
