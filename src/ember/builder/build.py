@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import os
 import shutil
@@ -25,10 +26,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ember.builder import beneath
 from ember.builder.base import ensure_base_image
+from ember.builder.beneath import UnsafePath
 from ember.builder.publish import publish
 from ember.builder.registry import pull_image
-from ember.container import overlay
+from ember.container import disk, overlay
 from ember.container.runtime import BindMount, ContainerConfig, Runtime
 from ember.errors import ExecutionError, InvalidError
 from ember.imagefs import manifest
@@ -47,6 +50,9 @@ BASE_CONFIG = ImageConfig(env={"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}, workdir
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _CA_INSIDE = "/run/ember-build-ca/ca-certificates.crt"
 _CA_VARIABLES = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+# How much a build step may write: its commands share one writable layer of this size.
+BUILD_DISK_MB = 64 << 10
 
 _TAIL_LINES = 30
 _POLL_S = 0.1
@@ -116,7 +122,12 @@ async def _build(
     if step.kind == "config":
         return await _config(host, parent_id, parent, step, scratch)
     prepared = await host.imagefs.prepare(parent_id)
-    upper = scratch / "upper"
+    # The step's writable layer, shared by its commands, on a disk of its own like a
+    # container's (unmounted with everything else under `scratch` when the step ends).
+    disk_dir = scratch / "disk"
+    disk_dir.mkdir()
+    await disk.make_disk(scratch / "disk.img", disk_dir, BUILD_DISK_MB)
+    upper = disk_dir / "upper"
     upper.mkdir()
     if step.kind == "run":
         for number, command in enumerate(step.commands):
@@ -148,7 +159,9 @@ async def _build(
         )
     else:
         raise InvalidError(f"unknown image step kind {step.kind!r}")
-    return await _publish_tree(host, upper, scratch, parent, parent.config, output)
+    # Build containers wrote as their root, a host id of the runtime's range: the image's root.
+    owner = host.runtime.ids.to_image
+    return await _publish_tree(host, upper, scratch, parent, parent.config, output, owner)
 
 
 async def _publish_tree(
@@ -158,9 +171,12 @@ async def _publish_tree(
     parent: Manifest | None,
     config: ImageConfig,
     output: Callable[[str], None],
+    owner: Callable[[int], int] | None = None,
 ) -> Manifest:
     def work() -> Manifest:
-        image, stats = pack_tree(root, host.store, parent=parent, config=config, progress=output)
+        image, stats = pack_tree(
+            root, host.store, parent=parent, config=config, progress=output, owner=owner
+        )
         output(
             f"stored {stats.files} files ({stats.bytes_read >> 20} MiB read, "
             f"{stats.chunks_uploaded} new chunks, {stats.bytes_uploaded >> 20} MiB uploaded)\n"
@@ -271,38 +287,78 @@ async def _run(
 
 
 def _copy(prepared: PreparedImage, upper: Path, scratch: Path, data: bytes, target: str) -> None:
-    """Unpack the tar `data` at `target` in the image, through an overlay on the parent."""
+    """Unpack the tar `data` at `target` in the image, through an overlay on the parent.
+
+    The mount is a host path, where the host would follow the parent image's symlinks (an
+    absolute one to the host's own directory), so every path is resolved inside the mounted
+    root instead: a symlink of the image leads where it leads in a container (`/var/run -> /run`
+    to the image's /run), and `..` stops at the image's root.
+    """
     root = scratch / "root"
-    work = scratch / "copy-work"
+    work = upper.parent / "copy-work"  # overlay's work directory: on the upper's file system
     root.mkdir()
     work.mkdir()
     overlay.mount_overlay(prepared.metadata, upper, work, root, data_layers=prepared.data_layers)
     try:
-        destination = root / target.lstrip("/")
-        destination.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-            for member in archive.getmembers():
-                _extract_file(archive, member, destination)
+        with (
+            beneath.opened_root(root) as root_fd,
+            tarfile.open(fileobj=io.BytesIO(data)) as archive,
+        ):
+            for member in [None, *archive.getmembers()]:  # None: the target, even if empty
+                _extract_file(archive, member, root_fd, root, target)
     finally:
         overlay.unmount(root)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _extract_file(archive: tarfile.TarFile, member: tarfile.TarInfo, destination: Path) -> None:
-    """Write one regular file of the SDK's tar of local files (nothing else belongs there)."""
-    relative = Path(member.name)
-    if not member.isfile() or relative.is_absolute() or ".." in relative.parts:
-        raise InvalidError(f"the local files' archive holds an unsafe entry: {member.name!r}")
-    path = destination / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.is_dir():  # replace what the image had there
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    source = archive.extractfile(member)
-    assert source is not None
-    with source, open(path, "wb") as file:
-        shutil.copyfileobj(source, file)
-    os.chmod(path, member.mode)
-    os.utime(path, (member.mtime, member.mtime))
+def _extract_file(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo | None,
+    root_fd: int,
+    root: Path,
+    target: str,
+) -> None:
+    """Write one regular file of the SDK's tar of local files (nothing else belongs there) at
+    `target` in the image mounted at `root` (`root_fd`), resolving each path inside the image;
+    with `member` None, only make the folder `target`."""
+    parts: list[str] = []
+    if member is not None:
+        try:
+            if not member.isfile():
+                raise UnsafePath("is not a regular file")
+            parts = beneath.relative_parts(member.name, root / target.lstrip("/"))
+            if not parts:
+                raise UnsafePath("names no file")
+        except UnsafePath as exc:
+            raise InvalidError(
+                f"the local files' archive holds an unsafe entry: {member.name!r} {exc} (only "
+                "regular files below the target belong there, as the ember SDK sends them)"
+            ) from None
+    try:
+        directory = beneath.open_directory(
+            root_fd, [*target.split("/"), *parts[:-1]], create=True, follow_in_root=True
+        )
+    except UnsafePath as exc:
+        what = "local files" if member is None else repr(member.name)
+        raise InvalidError(
+            f"cannot copy {what} to {target} in the image: the path {exc} in the image; "
+            "copy to another folder, or remove what is in the way in a step before"
+        ) from None
+    assert directory is not None  # made if missing
+    try:
+        if member is None:
+            return
+        beneath.remove(directory, parts[-1])  # replace what the image had there, a link itself
+        source = archive.extractfile(member)
+        assert source is not None
+        with source, os.fdopen(beneath.create_file(directory, parts[-1]), "wb") as file:
+            shutil.copyfileobj(source, file)
+            file.flush()  # before the time is set: a later write would move it
+            os.fchmod(file.fileno(), member.mode & 0o7777)
+            with contextlib.suppress(OverflowError, ValueError):  # a time the host cannot hold
+                os.utime(file.fileno(), (member.mtime, member.mtime))
+    finally:
+        os.close(directory)
 
 
 def _shell_quote(text: str) -> str:

@@ -3,8 +3,15 @@
 Layout under `state_dir`:
 
     runc/               runc's state (`runc --root`), apart from any other runc user on the host
-    containers/<id>/    config.json; upper/ and work/ (the writable layer); rootfs/ (the overlay
-                        mount); stdout and stderr (the logs); pid (written by runc once started)
+    containers/<id>/    config.json; image/ (the image's root, idmapped: see `userns.py`);
+                        disk.img and disk/ (the container's disk, see `disk.py`, holding upper/
+                        and work/, the writable layer, unless the caller brings its own, see
+                        `ContainerConfig.upper_dir`); stdout and stderr (the logs); pid
+                        (written by runc once started)
+
+The overlay root itself is mounted at `roots_dir/<id>` (under /run/ember by default): runc
+mounts it from inside the container's user namespace, whose root is an unprivileged host id
+that must be able to walk the path, and a data directory under /root is closed to it.
 
 A container is run by a foreground `runc run --keep` in its own session: it survives a restart
 of this process, its exit code is runc's, and `--keep` leaves the stopped container's cgroup in
@@ -14,6 +21,7 @@ place so the OOM-kill count can still be read until `remove` deletes it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -22,9 +30,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ember.container import cgroups, overlay
+from ember.container import cgroups, disk, overlay, userns
 from ember.container.runtime import ContainerConfig, ExitStatus
 from ember.container.spec import build_spec
+from ember.container.userns import IdMapping
 from ember.errors import ExecutionError
 
 _CONTAINER_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -40,15 +49,30 @@ _CGROUP_REMOVE_TIMEOUT_S = 5.0
 
 _ERROR_TAIL_CHARS = 4000
 
+ROOTS_PARENT = Path("/run/ember")
+
 
 class RuncRuntime:
     """Runs containers with runc; see `ember.container.runtime.Runtime` for the lifecycle."""
 
-    def __init__(self, state_dir: Path, runc: str = "runc") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        runc: str = "runc",
+        *,
+        ids: IdMapping | None = None,
+        roots_dir: Path | None = None,
+    ) -> None:
         self._state_dir = state_dir
         self._containers = state_dir / "containers"
         self._runc_root = state_dir / "runc"
         self._runc = runc
+        self.ids = ids or IdMapping()
+        self._namespace = userns.UserNamespace(self.ids)
+        # One directory per state directory, so that runtimes of several data directories (test
+        # clusters beside a user's) never share mount points.
+        digest = hashlib.blake2b(str(state_dir.resolve()).encode(), digest_size=6).hexdigest()
+        self._roots = roots_dir or ROOTS_PARENT / f"roots-{digest}"
         # The `runc run` processes this object started; containers started by an earlier
         # process have none and are watched through their pid instead.
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -70,17 +94,30 @@ class RuncRuntime:
             raise
 
     async def _start_in(self, directory: Path, config: ContainerConfig) -> None:
-        rootfs = directory / "rootfs"
-        for name in ("upper", "work", "rootfs"):
-            (directory / name).mkdir()
-        upper = config.upper_dir or directory / "upper"
-        overlay.mount_overlay(
-            config.image_root, upper, directory / "work", rootfs, data_layers=config.data_layers
-        )
+        rootfs, image = self._rootfs(config.container_id), directory / "image"
+        _make_walkable(self._roots)
+        for path in (rootfs, image):
+            path.mkdir()
+        if config.upper_dir is None:
+            disk_dir = directory / "disk"
+            disk_dir.mkdir()
+            await disk.make_disk(directory / "disk.img", disk_dir, config.disk_mb)
+            upper, work = disk_dir / "upper", disk_dir / "work"
+            upper.mkdir()
+        else:
+            # Overlay's scratch must be on the writable layer's file system: the caller's.
+            upper = config.upper_dir
+            work = upper.with_name(f"{upper.name}.work-{config.container_id}")
+        work.mkdir()
+        # The root of the writable layer is the container's root directory: its root owns it.
+        os.chown(upper, self.ids.root, self.ids.root)
+        userns.idmapped_mount(config.image_root, image, self._namespace)
+        overlay.mount_overlay(image, upper, work, rootfs, data_layers=config.data_layers)
         spec = build_spec(
             config,
             rootfs,
             cgroups.container_cgroup(config.container_id),
+            self.ids,
             limit_swap=cgroups.swap_limit_supported(),
         )
         (directory / "config.json").write_text(json.dumps(spec))
@@ -161,14 +198,19 @@ class RuncRuntime:
         # In a thread: right after a container's death its file systems can take a while to let
         # go (half a second, measured, for one whose imagefs daemon had gone), and the caller's
         # loop runs every other container meanwhile.
-        await asyncio.to_thread(self._remove_files, self._containers / container_id)
+        await asyncio.to_thread(self._remove_files, container_id)
 
-    @staticmethod
-    def _remove_files(directory: Path) -> None:
-        for mount_point in overlay.mounts_under(directory):
+    def _rootfs(self, container_id: str) -> Path:
+        return self._roots / container_id
+
+    def _remove_files(self, container_id: str) -> None:
+        rootfs, directory = self._rootfs(container_id), self._containers / container_id
+        # The overlay first: it stands on the image and disk mounts below the directory.
+        for mount_point in [*overlay.mounts_under(rootfs), *overlay.mounts_under(directory)]:
             overlay.unmount(mount_point)
-        if directory.exists():
-            shutil.rmtree(directory)
+        for path in (rootfs, directory):
+            if path.exists():
+                shutil.rmtree(path)
 
     def log_paths(self, container_id: str) -> tuple[Path, Path]:
         _check_id(container_id)
@@ -188,8 +230,12 @@ class RuncRuntime:
         for container_id in sorted(ids):
             await self.remove(container_id)
         # Anything still mounted under the state directory belongs to no known container.
-        for mount_point in overlay.mounts_under(self._state_dir):
+        for mount_point in [
+            *overlay.mounts_under(self._roots),
+            *overlay.mounts_under(self._state_dir),
+        ]:
             overlay.unmount(mount_point)
+        shutil.rmtree(self._roots, ignore_errors=True)
         return sorted(ids)
 
     async def _delete(self, container_id: str) -> None:
@@ -235,6 +281,13 @@ class RuncRuntime:
             raise ExecutionError(
                 f"the OCI runtime {self._runc!r} is not installed (apt-get install runc)"
             ) from None
+
+
+def _make_walkable(directory: Path) -> None:
+    """Make `directory` and its parent, and let anyone walk through them (and no more)."""
+    for path in (directory.parent, directory):
+        path.mkdir(exist_ok=True)
+        path.chmod(0o711)
 
 
 def _check_id(container_id: str) -> None:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ember.container.userns import IdMapping
+
+# A container's disk when its function names none (`ephemeral_disk=`, MiB).
+DEFAULT_DISK_MB = 10240
+
 
 @dataclass(frozen=True)
 class BindMount:
@@ -35,8 +40,13 @@ class ContainerConfig:
     # to (an imagefs image's object directory, then its FUSE mount).
     data_layers: tuple[Path, ...] = ()
     host_network: bool = False  # share the host's network namespace (image builds need it)
+    # The size of the container's disk, the file system its writable layer lives on: writes
+    # past it fail with ENOSPC.
+    disk_mb: int = DEFAULT_DISK_MB
     # The writable layer, when the caller wants it after the container is gone (a build step's
-    # changes); by default the runtime makes one and removes it with the container.
+    # changes) and bounds its size itself; overlay's scratch goes beside it, in
+    # `<upper_dir>.work-<container_id>`, also the caller's to remove. By default the runtime
+    # makes a writable layer on a disk of `disk_mb` and removes both with the container.
     upper_dir: Path | None = None
 
 
@@ -54,7 +64,8 @@ class ExitStatus:
 
 
 class Runtime(Protocol):
-    """Runs containers on this host.
+    """Runs containers on this host, each in a user namespace that maps its ids to the host ids
+    of `ids` (what a container writes is owned by those).
 
     Lifecycle of one container:
 
@@ -67,6 +78,8 @@ class Runtime(Protocol):
     disk, `wait()` still reports when they end (with an unknown exit code), and `cleanup_stale()`
     kills and removes them all. `remove()` may be called at any point, and again.
     """
+
+    ids: IdMapping
 
     async def start(self, config: ContainerConfig) -> None:
         """Start the container; return once its process runs. Raises ExecutionError if it cannot."""

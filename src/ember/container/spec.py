@@ -1,10 +1,12 @@
 """The OCI runtime spec (config.json) for a container, built from a ContainerConfig.
 
-The defaults follow `runc spec` and Docker: the same namespaces, mounts, masked and read-only
-paths, and Docker's default capabilities without NET_RAW. There is no cgroup mount: runc 1.1
-fails to set one up on hosts with a hybrid cgroup hierarchy, and a function has no use for it.
-There are no rlimits either: the process inherits the worker's, as Docker's inherit dockerd's,
-because raising one above the worker's own needs CAP_SYS_RESOURCE, which not every host grants.
+The defaults follow `runc spec` and Docker, and are stricter: every namespace including a user
+namespace (container root is an unprivileged host id, see `userns.py`), the same mounts and
+masked and read-only paths, a smaller capability set, no new privileges, and the seccomp filter
+of `seccomp.py`. There is no cgroup mount: runc 1.1 fails to set one up on hosts with a hybrid
+cgroup hierarchy, and a function has no use for it. There are no rlimits either: the process
+inherits the worker's, as Docker's inherit dockerd's, because raising one above the worker's
+own needs CAP_SYS_RESOURCE, which not every host grants.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ember.container import seccomp
 from ember.container.runtime import ContainerConfig
+from ember.container.userns import IdMapping
 
 OCI_VERSION = "1.0.2"
 
@@ -23,24 +27,23 @@ DEFAULT_ENV = {
     "HOME": "/root",
 }
 
-# Docker's default set, less CAP_NET_RAW (raw sockets allow spoofing on shared networks).
+# What root inside needs to act as root on its own files and processes: Docker's default set
+# less NET_RAW (raw sockets allow spoofing on shared networks), MKNOD (no device nodes),
+# SETFCAP (no file capabilities), SYS_CHROOT (chroot is filtered anyway) and AUDIT_WRITE. Held
+# in the container's user namespace, they reach nothing of the host's.
 CAPABILITIES = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
-    "CAP_MKNOD",
     "CAP_SETGID",
     "CAP_SETUID",
-    "CAP_SETFCAP",
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
     "CAP_KILL",
-    "CAP_AUDIT_WRITE",
 ]
 
-NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
+NAMESPACES = ["user", "pid", "network", "ipc", "uts", "mount"]
 
 MASKED_PATHS = [
     "/proc/acpi",
@@ -91,11 +94,26 @@ SYSTEM_MOUNTS: list[dict[str, Any]] = [
     },
 ]
 
+# A user namespace may mount sysfs only for a network namespace it owns: a container on the
+# host's network (a build step) sees the host's, read-only, as under Docker.
+HOST_SYSFS: dict[str, Any] = {
+    "destination": "/sys",
+    "type": "bind",
+    "source": "/sys",
+    "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+}
+
 
 def build_spec(
-    config: ContainerConfig, rootfs: Path, cgroups_path: str, *, limit_swap: bool = True
+    config: ContainerConfig,
+    rootfs: Path,
+    cgroups_path: str,
+    ids: IdMapping,
+    *,
+    limit_swap: bool = True,
 ) -> dict[str, Any]:
-    """The config.json dict that runs `config` on the mounted `rootfs` in cgroup `cgroups_path`.
+    """The config.json dict that runs `config` on the mounted `rootfs` in cgroup `cgroups_path`,
+    its ids mapped by `ids`.
 
     `limit_swap=False` leaves swap out of the memory limit, for hosts that cannot limit it.
     """
@@ -126,7 +144,7 @@ def build_spec(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": config.hostname,
-        "mounts": SYSTEM_MOUNTS + bind_mounts,
+        "mounts": _system_mounts(config) + bind_mounts,
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": _resources(config, limit_swap),
@@ -135,10 +153,19 @@ def build_spec(
                 for kind in NAMESPACES
                 if not (config.host_network and kind == "network")
             ],
+            "uidMappings": ids.oci(),
+            "gidMappings": ids.oci(),
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp.profile(),
         },
     }
+
+
+def _system_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
+    if not config.host_network:
+        return SYSTEM_MOUNTS
+    return [HOST_SYSFS if mount["destination"] == "/sys" else mount for mount in SYSTEM_MOUNTS]
 
 
 def _resources(config: ContainerConfig, limit_swap: bool) -> dict[str, Any]:

@@ -49,14 +49,22 @@ def pack_tree(
     parent: Manifest | None = None,
     config: ImageConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    owner: Callable[[int], int] | None = None,
 ) -> tuple[Manifest, PackStats]:
-    """The manifest of `root` (or of `parent` with the overlay upper dir `root` applied)."""
+    """The manifest of `root` (or of `parent` with the overlay upper dir `root` applied).
+
+    `owner` turns the tree's owner ids into the image's: a build container's writable layer
+    holds the host ids its user namespace maps to, which stand for the image's own.
+    """
     entries = dict(parent.entries) if parent else {}
     known = _known_content(parent)
     stats = PackStats()
     small: list[tuple[str, Entry]] = []
     with _Uploader(store, stats) as uploader:
-        for path, entry in _walk(root, entries, parent is not None):
+        for path, walked in _walk(root, entries, parent is not None):
+            entry = walked
+            if owner is not None:
+                entry = walked._replace(uid=owner(walked.uid), gid=owner(walked.gid))
             if entry.kind != FILE or entry.size == 0 or entry.extents:
                 entries[path] = entry
                 continue

@@ -39,12 +39,16 @@ LOG_DRAIN_MAX_S = 3.0
 
 @dataclass(frozen=True)
 class LocalEntrypoint:
+    """What `@app.local_entrypoint()` makes. Calling it calls the function: an `async def` one
+    gives a coroutine to await, which `ember run` runs in an event loop of its own."""
+
     raw_f: Callable[..., Any]
     app: App
+    registered_name: str | None = None  # the `name=` it was registered under
 
     @property
     def name(self) -> str:
-        return self.raw_f.__name__
+        return self.registered_name or self.raw_f.__name__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.raw_f(*args, **kwargs)
@@ -90,6 +94,7 @@ class _RunningApp:
         while True:
             try:
                 await self._show_logs(follow=True)
+                return  # the stream ends only when the app has stopped: no more lines will come
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.5)  # the control plane restarts: follow again
 
@@ -162,6 +167,7 @@ class App:
         *,
         cpu: float | tuple[float, float] | None = None,
         memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
         timeout: float = 300,
         retries: int | Retries | None = None,
         min_containers: int = 0,
@@ -175,6 +181,8 @@ class App:
         Args:
             cpu: cores reserved (a pair is (request, limit)); default 0.125, no limit.
             memory: MiB reserved and enforced (a pair is (request, limit)); default 128, no limit.
+            ephemeral_disk: MiB of disk the container may write (its root file system's free
+                space); default 10240. Writing past it fails with ENOSPC.
             timeout: seconds one input may run before it fails and its container is replaced.
             retries: re-runs of a failed input (an int, or `ember.Retries` for backoff).
             min_containers, max_containers: bounds on the function's containers.
@@ -193,6 +201,7 @@ class App:
                 name=name,
                 cpu=cpu,
                 memory=memory,
+                ephemeral_disk=ephemeral_disk,
                 timeout=timeout,
                 retries=retries,
                 min_containers=min_containers,
@@ -214,13 +223,14 @@ class App:
         self, _missing_parentheses: Any = None, *, name: str | None = None
     ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
         """Register the function `ember run` calls here, on your machine; its parameters become
-        command-line options."""
+        command-line options. It may be an `async def`, awaiting `.remote.aio(...)` and iterating
+        `.map.aio(...)` and `.remote_gen.aio(...)` with `async for`."""
         if _missing_parentheses is not None:
             raise errors.InvalidError("write @app.local_entrypoint() with parentheses")
 
         def decorate(raw_f: Callable[..., Any]) -> LocalEntrypoint:
-            entrypoint = LocalEntrypoint(raw_f, self)
-            self._entrypoints[name or raw_f.__name__] = entrypoint
+            entrypoint = LocalEntrypoint(raw_f, self, name)
+            self._entrypoints[entrypoint.name] = entrypoint
             return entrypoint
 
         return decorate

@@ -117,7 +117,7 @@ def _copy(image: Image, rest: str, context: Path, workdir: str, where: str) -> I
     for source in sources:
         if "://" in source:
             raise errors.InvalidError(f"{where}: ADD of URLs is not supported; RUN curl instead")
-        local = (context / source).resolve()
+        local = _in_context(source, context, where)
         if local.is_dir():
             image = image.add_local_dir(local, destination)
         elif local.is_file():
@@ -126,3 +126,28 @@ def _copy(image: Image, rest: str, context: Path, workdir: str, where: str) -> I
         else:
             raise errors.InvalidError(f"{where}: {source!r} not found in {context}")
     return image
+
+
+def _in_context(source: str, context: Path, where: str) -> Path:
+    """The real path of a COPY source, which must lie inside the build context both by its name
+    and once the symlinks on its way are followed: a Dockerfile copies only what the context
+    holds, never another file of the machine it is built on."""
+    shown = str(context)
+    if source.startswith("/"):
+        raise errors.InvalidError(
+            f"{where}: COPY source {source!r} is an absolute path; sources are relative to the "
+            f"build context {shown!r}: write it relative to that folder"
+        )
+    if posixpath.normpath(source).split("/")[0] == "..":
+        raise errors.InvalidError(
+            f"{where}: COPY source {source!r} is outside the build context {shown!r}: move it "
+            "into the context, or pass context_dir= a folder that holds both"
+        )
+    local = (context / source).resolve()
+    if not local.is_relative_to(context.resolve()):
+        raise errors.InvalidError(
+            f"{where}: COPY source {source!r} is a symlink (or lies below one) to {str(local)!r}, "
+            f"outside the build context {shown!r}: put the file itself in the context instead "
+            "of a link to it, or pass context_dir= a folder that holds both"
+        )
+    return local

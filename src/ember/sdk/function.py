@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CPU = 0.125
 DEFAULT_MEMORY_MB = 128
+MAX_EPHEMERAL_DISK_MB = 3 << 20  # 3 TiB
 GET_POLL_S = 30.0
 
 
@@ -70,6 +71,7 @@ class FunctionSpec:
     cpu_limit: float = 0.0
     memory_mb: int = DEFAULT_MEMORY_MB
     memory_limit_mb: int = 0
+    ephemeral_disk_mb: int = 0  # 0: the worker's default
     timeout_s: float = 300.0
     retries: Retries = field(default_factory=lambda: Retries(0))
     min_containers: int = 0
@@ -93,6 +95,7 @@ class FunctionSpec:
         max_containers: int | None,
         scaledown_window: float,
         image: Image | None = None,
+        ephemeral_disk: int | None = None,
     ) -> FunctionSpec:
         cpu_request, cpu_limit = _request_and_limit(cpu, DEFAULT_CPU, "cpu")
         memory_request, memory_limit = _request_and_limit(memory, DEFAULT_MEMORY_MB, "memory")
@@ -109,6 +112,13 @@ class FunctionSpec:
             raise errors.InvalidError(
                 f"scaledown_window must be at least 1 second, not {scaledown_window}"
             )
+        if ephemeral_disk is not None and not (
+            isinstance(ephemeral_disk, int) and 1 <= ephemeral_disk <= MAX_EPHEMERAL_DISK_MB
+        ):
+            raise errors.InvalidError(
+                f"ephemeral_disk is MiB of disk, a whole number from 1 to {MAX_EPHEMERAL_DISK_MB}; "
+                f"got {ephemeral_disk!r}"
+            )
         return cls(
             name=name or raw_f.__name__,
             module=module,
@@ -117,6 +127,7 @@ class FunctionSpec:
             cpu_limit=cpu_limit,
             memory_mb=int(memory_request),
             memory_limit_mb=int(memory_limit),
+            ephemeral_disk_mb=ephemeral_disk or 0,
             timeout_s=float(timeout),
             retries=Retries.of(retries),
             min_containers=min_containers,
@@ -140,6 +151,7 @@ class FunctionSpec:
                 memory_mb=self.memory_mb,
                 cpu_limit=self.cpu_limit,
                 memory_limit_mb=self.memory_limit_mb,
+                ephemeral_disk_mb=self.ephemeral_disk_mb,
             ),
             timeout_s=self.timeout_s,
             retries=self.retries.to_proto(),

@@ -436,31 +436,80 @@ def _digest_files(files: list[tuple[Path, str]]) -> str:
 
 
 def _tar_files(files: list[tuple[Path, str]]) -> bytes:
+    """A tar of regular files only, which is all the worker takes: each with the content, mode
+    and time of the file its path opens (a symlink the user named gives what it names), owned
+    by root, never a link entry (not even for a file that appears under two names)."""
     import io
+    import stat
     import tarfile
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for local, name in sorted(files, key=lambda pair: pair[1]):
-            info = archive.gettarinfo(str(local), arcname=name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
             with local.open("rb") as file:
+                st = os.fstat(file.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise errors.InvalidError(f"{str(local)!r} is not a regular file to copy")
+                info = tarfile.TarInfo(name)  # owner 0:0, no owner names
+                info.size, info.mode, info.mtime = st.st_size, st.st_mode & 0o7777, st.st_mtime
                 archive.addfile(info, file)
     return buffer.getvalue()
 
 
 def _files_under(root: Path, ignore: set[str]) -> Iterator[tuple[Path, str]]:
+    """The regular files in the local folder `root`: the path to read each from, and its name
+    below the folder, skipping `ignore`d names.
+
+    A symlink stands for what it names when that lies inside the folder (the image gets a copy,
+    as the worker takes only regular files). One that names anything outside the folder is
+    refused: a link in a project (to ~/.ssh, to /etc) must never carry into the image a file the
+    user did not put in the folder they named. A dangling one names no file, so it is skipped.
+    """
+    base = root.resolve()
+    yield from _walk_folder(root, base, base, "", ignore, frozenset([base]))
+
+
+def _walk_folder(
+    root: Path,
+    base: Path,
+    directory: Path,
+    prefix: str,
+    ignore: set[str],
+    above: frozenset[Path],
+) -> Iterator[tuple[Path, str]]:
+    """`_files_under` for the real folder `directory`, named `prefix` below `root` (whose real
+    path is `base`); `above` holds the real folders being walked, to stop a link loop."""
     from pathlib import Path
 
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ignore)
-        for name in sorted(filenames):
-            if name in ignore:
+    with os.scandir(directory) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.name in ignore:
+            continue
+        name = f"{prefix}{entry.name}"
+        path = Path(entry.path)
+        if entry.is_symlink():
+            try:
+                path = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # dangling, or a loop of links: no file to copy
                 continue
-            path = Path(directory) / name
-            if path.is_file():
-                yield path, path.relative_to(root).as_posix()
+            if not path.is_relative_to(base):
+                raise errors.InvalidError(
+                    f"local folder {str(root)!r} holds the symlink {name!r}, which points "
+                    f"outside it (to {str(path)!r}); only what is inside the folder is copied: "
+                    f"copy what it names into the folder, or leave the link out by adding "
+                    f"{entry.name!r} to ignore="
+                )
+            if path in above:
+                raise errors.InvalidError(
+                    f"local folder {str(root)!r} holds the symlink {name!r}, which points to a "
+                    f"folder that holds it, so copying it would never end: remove the link, "
+                    f"or leave it out by adding {entry.name!r} to ignore="
+                )
+        if path.is_dir():
+            yield from _walk_folder(root, base, path, f"{name}/", ignore, above | {path})
+        elif path.is_file():
+            yield path, name
 
 
 def _in_container() -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ember.container import BindMount, ContainerConfig, ExitStatus, Runtime
+from ember.container.runtime import DEFAULT_DISK_MB
 from ember.imagefs.client import PreparedImage
 from ember.proto import api_pb2
 from ember.worker.harness_link import HarnessLink
@@ -42,11 +43,17 @@ class ContainerShape:
     image_id: str
     cpu: float  # the limits, as ContainerConfig takes them
     memory_mb: int
+    disk_mb: int = DEFAULT_DISK_MB
 
     @classmethod
     def of(cls, function: api_pb2.FunctionDefinition) -> ContainerShape:
         resources = function.resources
-        return cls(function.image_id, resources.cpu_limit, int(resources.memory_limit_mb))
+        return cls(
+            function.image_id,
+            resources.cpu_limit,
+            int(resources.memory_limit_mb),
+            int(resources.ephemeral_disk_mb) or DEFAULT_DISK_MB,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,9 @@ class ContainerStarter:
             app_dir.mkdir(parents=True)
             await link.listen(socket_dir / "harness.sock")
             for name in HARNESS_OUTPUT:
+                # The container's root, an unprivileged host id, writes them.
                 (socket_dir / name).touch()
+                os.chown(socket_dir / name, self._runtime.ids.root, self._runtime.ids.root)
             config = self._config(runtime_id, shape, image, socket_dir, app_dir, standby)
             await self._runtime.start(config)
         except BaseException:
@@ -170,6 +179,7 @@ class ContainerStarter:
                 "EMBER_SOCKET": f"{SOCKET_DIR}/harness.sock",
                 **{f"EMBER_{name.upper()}": f"{SOCKET_DIR}/{name}" for name in HARNESS_OUTPUT},
                 "EMBER_SOURCE_DIR": SOURCE_DIR,
+                "EMBER_DISK_MB": str(shape.disk_mb),
                 **({"EMBER_STANDBY": "1"} if standby else {}),
             },
             hostname=runtime_id,
@@ -181,6 +191,7 @@ class ContainerStarter:
             ),
             cpu=shape.cpu,
             memory_mb=shape.memory_mb,
+            disk_mb=shape.disk_mb,
         )
 
 

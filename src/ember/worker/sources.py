@@ -45,6 +45,8 @@ class SourceCache:
                 return target
             data = await download(self._conn, blob_id)
             staging = Path(tempfile.mkdtemp(dir=self._root, prefix=".unpack-"))
+            # Readable by all: container root, which reads it at /app, is no host user.
+            staging.chmod(0o755)
             try:
                 _unpack(data, staging)
                 staging.rename(target)  # atomic: a half-unpacked source is never mounted

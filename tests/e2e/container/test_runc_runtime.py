@@ -1,4 +1,5 @@
 import asyncio
+import os
 import signal
 import subprocess
 import uuid
@@ -192,13 +193,30 @@ async def test_readonly_bind_mount(runtime: RuncRuntime, base_image: Path, tmp_p
 
 
 async def test_writable_bind_mount(runtime: RuncRuntime, base_image: Path, tmp_path: Path) -> None:
+    """A directory the container may write must belong to its root, an unprivileged host id;
+    what it writes there belongs to that id, not to the host's root."""
     shared = tmp_path / "shared"
     shared.mkdir()
+    os.chown(shared, runtime.ids.root, runtime.ids.root)
     code = "open('/data/out.txt', 'w').write('from the container')"
     config = python(base_image, code, mounts=(BindMount(shared, "/data", readonly=False),))
     status, _, _ = await run(runtime, config)
     assert status.exit_code == 0
     assert (shared / "out.txt").read_text() == "from the container"
+    assert (shared / "out.txt").stat().st_uid == runtime.ids.root != 0
+
+
+async def test_a_host_directory_of_root_is_not_writable_by_container_root(
+    runtime: RuncRuntime, base_image: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    code = "open('/data/out.txt', 'w')"
+    config = python(base_image, code, mounts=(BindMount(shared, "/data", readonly=False),))
+    status, _, stderr = await run(runtime, config)
+    assert status.exit_code == 1
+    assert "PermissionError" in stderr
+    assert not (shared / "out.txt").exists()
 
 
 async def test_remove_leaves_nothing(
