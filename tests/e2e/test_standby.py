@@ -1,12 +1,16 @@
 """Standby containers: after a container of some shape (image and limits) starts, the worker
 starts one more of that shape ahead of time, and the next cold start of that shape takes it."""
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from ember import config
+from ember.worker.standby import LIMIT
 from tests.e2e.test_scaling import containers_of, wait_for
 
 
@@ -43,3 +47,39 @@ def test_a_cold_start_takes_a_standby_of_its_shape(standby: Any) -> None:
 def test_a_container_of_another_shape_starts_for_its_call(standby: Any) -> None:
     called_at, seen = cold_call(standby, standby.other_shape)
     assert seen["at"] - seen["age_s"] > called_at - 0.05  # its process began after the call
+
+
+def standbys_now() -> int:
+    """Standby containers on the worker now: those with a runtime directory (made before runc
+    starts one, removed after it is gone)."""
+    containers = config.data_dir() / "worker" / "runtime" / "containers"
+    try:
+        return sum(1 for entry in containers.iterdir() if entry.name.startswith("sb-"))
+    except FileNotFoundError:
+        return 0
+
+
+def test_standbys_never_outnumber_the_limit_under_parallel_load(standby: Any) -> None:
+    """Two parallel maps over several containers of one shape, three rounds, the containers gone
+    between rounds: each container's first input asks for a standby of the shape at once."""
+    most = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, standbys_now())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(2) as pool:
+                maps = [pool.submit(lambda: sum(standby.busy.map(range(300)))) for _ in range(2)]
+                assert [m.result(timeout=300) for m in maps] == [sum(range(300))] * 2
+            assert wait_for(lambda: containers_of(standby.app.app_id) == 0, timeout=60)
+    finally:
+        done.set()
+        sampler.join()
+    assert 0 < most <= LIMIT  # the cluster runs with EMBER_STANDBY_CONTAINERS unset

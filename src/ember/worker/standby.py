@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ember.container import ExitStatus
@@ -56,14 +56,19 @@ def limit_from_env() -> int:
 
 @dataclass
 class _Starting:
-    """A standby on its way. A start order that finds none waiting claims it instead, and cuts
-    its delay short."""
+    """A standby on its way, from before runc starts it until its harness has connected. A start
+    order that finds none waiting claims it instead, and cuts its delay short."""
 
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     claim: asyncio.Future[StartedContainer | None] | None = None
+    counted: bool = False  # it has room under the limit (until then it may wait long)
 
 
 class StandbyPool:
+    """Standby containers, at most `limit` of them at any moment: every one the pool has begun
+    to start and not yet handed out or finished removing counts (`count()`), so a burst of
+    first inputs, a slow start or a slow removal never makes more."""
+
     def __init__(
         self,
         starter: ContainerStarter,
@@ -84,6 +89,13 @@ class StandbyPool:
         self._starting: dict[ContainerShape, _Starting] = {}
         self._stale: dict[str, StartedContainer] = {}  # by runtime id, to be removed soon
         self._tasks: set[asyncio.Task[None]] = set()
+        self._count = 0  # standbys that exist: starting, waiting, stale or being removed
+        # Room under the limit, given out first come, first served.
+        self._room = asyncio.Semaphore(max(limit, 1))
+
+    def count(self) -> int:
+        """How many standbys exist now (at most the limit)."""
+        return self._count
 
     async def take(self, shape: ContainerShape, image: PreparedImage) -> StartedContainer | None:
         """A container of `shape`, now the caller's: a waiting one, or one on its way (started
@@ -91,8 +103,11 @@ class StandbyPool:
         image as prepared now: a standby on layers of an imagefs daemon that has since gone (or
         whose process ended) is removed instead."""
         container = self._waiting.pop(shape, None)
-        starting = self._starting.get(shape)
-        if container is None and starting is not None and starting.claim is None:
+        if container is None:
+            starting = self._starting.get(shape)
+            # One still waiting for room may wait long: the caller starts its own instead.
+            if starting is None or starting.claim is not None or not starting.counted:
+                return None
             starting.claim = asyncio.get_running_loop().create_future()
             starting.hurry.set()
             try:
@@ -100,19 +115,27 @@ class StandbyPool:
             except asyncio.CancelledError:  # the caller stopped: the container is nobody's
                 starting.claim.add_done_callback(self._remove_claimed)
                 raise
-        if container is None:
-            return None
+            if container is None:
+                return None
         if container.exited.done() or container.image.daemon != image.daemon:
-            self._stale[container.runtime_id] = container
+            self._stale[container.runtime_id] = container  # still counted until it is removed
             loop = asyncio.get_running_loop()
             loop.call_later(self._stale_remove_delay_s, self._remove_stale, container.runtime_id)
             return None
+        self._release()  # the caller's now
         return container
 
     def replenish(self, shape: ContainerShape) -> None:
-        """Have a container of `shape` waiting soon, unless one is already (or on its way)."""
+        """Have a container of `shape` waiting soon, unless one is already (or on its way). At
+        the limit, the oldest waiting standby of another shape makes way; when every standby is
+        on its way or going, none is started."""
         if self._limit <= 0 or shape in self._waiting or shape in self._starting:
             return
+        if self._count >= self._limit:
+            if not self._waiting:
+                return
+            oldest = next(iter(self._waiting))
+            self._background(self._remove(self._waiting.pop(oldest)))
         self._starting[shape] = _Starting()
         self._background(self._start(shape))
 
@@ -123,68 +146,117 @@ class StandbyPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         left = [*self._waiting.values(), *self._stale.values()]
         self._waiting, self._stale = {}, {}
-        await asyncio.gather(*(self._starter.remove(c) for c in left), return_exceptions=True)
+        await asyncio.gather(*(self._remove(c) for c in left), return_exceptions=True)
 
     def waiting(self) -> list[ContainerShape]:
         return list(self._waiting)
 
     async def _start(self, shape: ContainerShape) -> None:
         starting = self._starting[shape]
-        container = None
+        container: StartedContainer | None = None
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(starting.hurry.wait(), self._delay_s)
+            await self._hold_room()
+            starting.counted = True
+            try:
+                container = await self._started(shape, starting)
+            finally:
+                if container is None:
+                    self._release()  # it never came to be, or was removed
+        finally:
+            del self._starting[shape]
+            if starting.claim is not None and not starting.claim.done():
+                # A start order waits for it: it is theirs (counted until `take` hands it out).
+                starting.claim.set_result(container)
+        if container is not None and starting.claim is None:
+            self._waiting[shape] = container
+            asyncio.get_running_loop().call_later(self._idle_s, self._expire, shape, container)
+
+    async def _started(
+        self, shape: ContainerShape, starting: _Starting
+    ) -> StartedContainer | None:
+        """Start a standby of `shape` (after its delay, unless hurried) and wait for its harness
+        to connect, unless a start order claims it first; None if it cannot be used."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(starting.hurry.wait(), self._delay_s)
+        try:
             image = await self._starter.prepare(shape)
             container = await self._starter.start(self._new_id(), shape, image, standby=True)
         except Exception as error:  # only a later start's speed suffers
             log.warning("a standby container for image %s did not start: %s", shape.image_id, error)
-        finally:
-            del self._starting[shape]
-            if starting.claim is not None:  # a start order is waiting for it: it is theirs
-                starting.claim.set_result(container)
-        if container is None or starting.claim is not None:
-            return
-        connected = await self._connected(container)
-        if not connected:
-            log.warning("a standby container for image %s did not connect", shape.image_id)
-            await self._starter.remove(container)
-            return
-        self._waiting[shape] = container
-        while len(self._waiting) > self._limit:
-            oldest = next(iter(self._waiting))
-            self._background(self._starter.remove(self._waiting.pop(oldest)))
-        asyncio.get_running_loop().call_later(self._idle_s, self._expire, shape, container)
-
-    async def _connected(self, container: StartedContainer) -> bool:
-        """Whether the standby's harness connected (it has imported what it needs)."""
+            return None
+        if starting.claim is not None:
+            return container  # claimed while runc started it: the claimer waits for the harness
         try:
-            outcome = await container.until_exit(container.link.connected(), CONNECT_TIMEOUT_S)
-        except TimeoutError:
-            return False
+            connected = await self._connected(container, starting)
         except asyncio.CancelledError:
             await asyncio.shield(self._starter.remove(container))
             raise
-        return not isinstance(outcome, ExitStatus)
+        if not connected:
+            log.warning("a standby container for image %s did not connect", shape.image_id)
+            await self._starter.remove(container)
+            return None
+        return container
+
+    async def _connected(self, container: StartedContainer, starting: _Starting) -> bool:
+        """Whether the standby's harness connected (it has imported what it needs); a claim
+        made meanwhile takes it as it is."""
+        claimed = asyncio.ensure_future(starting.hurry.wait())
+        try:
+            outcome = await container.until_exit(
+                _first(container.link.connected(), claimed), CONNECT_TIMEOUT_S
+            )
+        except TimeoutError:
+            return starting.claim is not None
+        finally:
+            claimed.cancel()
+        return not isinstance(outcome, ExitStatus) or starting.claim is not None
+
+    # ---- the count
+
+    async def _hold_room(self) -> None:
+        """Wait until fewer than `limit` standbys exist, and count one more."""
+        await self._room.acquire()
+        self._count += 1
+
+    def _release(self) -> None:
+        self._count -= 1
+        self._room.release()
+
+    async def _remove(self, container: StartedContainer) -> None:
+        try:
+            await self._starter.remove(container)
+        finally:
+            self._release()
 
     def _remove_stale(self, runtime_id: str) -> None:
         container = self._stale.pop(runtime_id, None)
         if container is not None:
-            self._background(self._starter.remove(container))
+            self._background(self._remove(container))
 
     def _remove_claimed(self, claim: asyncio.Future[StartedContainer | None]) -> None:
         if not claim.cancelled() and claim.result() is not None:
-            self._background(self._starter.remove(claim.result()))
+            self._background(self._remove(claim.result()))
 
     def _expire(self, shape: ContainerShape, container: StartedContainer) -> None:
         if self._waiting.get(shape) is container:
             del self._waiting[shape]
-            self._background(self._starter.remove(container))
+            self._background(self._remove(container))
 
     def _background(self, work: object) -> None:
         task = asyncio.ensure_future(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of `waits` is done (the others are cancelled)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

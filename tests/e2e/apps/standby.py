@@ -41,3 +41,10 @@ def second() -> dict:
 @app.function(scaledown_window=1, memory=384)
 def other_shape() -> dict:
     return _seen()
+
+
+@app.function(scaledown_window=1, max_containers=6)
+def busy(x: int) -> int:
+    """An input long enough that a parallel map spreads over several containers."""
+    time.sleep(0.02)
+    return x

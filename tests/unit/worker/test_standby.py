@@ -22,12 +22,15 @@ OTHER = ContainerShape("im-small", 0.0, 512)
 
 
 class Link:
-    def __init__(self, connects: bool) -> None:
+    def __init__(self, connects: bool, connect_gate: asyncio.Event | None) -> None:
         self._connects = connects
+        self._gate = connect_gate
 
     async def connected(self) -> None:
         if not self._connects:
             await asyncio.Event().wait()
+        if self._gate is not None:
+            await self._gate.wait()
 
 
 def prepared(daemon: str) -> PreparedImage:
@@ -45,9 +48,11 @@ class Starter:
         self.connects = connects
         self.image = NOW  # what `prepare` answers
         self.gate: asyncio.Event | None = None  # when set, each start waits for it
+        self.connect_gate: asyncio.Event | None = None  # when set, each harness waits for it
         self.started: list[tuple[str, ContainerShape, bool]] = []
         self.removed: list[str] = []
         self._exits: dict[str, asyncio.Event] = {}
+        self.most_alive = 0  # the most containers started and not yet removed at once
 
     async def prepare(self, shape: ContainerShape) -> PreparedImage:
         return self.image
@@ -61,6 +66,7 @@ class Starter:
         standby: bool = False,
     ) -> StartedContainer:
         self.started.append((runtime_id, shape, standby))
+        self.most_alive = max(self.most_alive, len(self.started) - len(self.removed))
         if self.gate is not None:
             await self.gate.wait()
         self._exits[runtime_id] = exit_event = asyncio.Event()
@@ -70,7 +76,7 @@ class Starter:
             return ExitStatus(exit_code=0, signal=None, oom_killed=False)
 
         exited = asyncio.create_task(wait())
-        link: Any = Link(self.connects)
+        link: Any = Link(self.connects, self.connect_gate)
         return StartedContainer(runtime_id, shape, image, link, Path(), Path(), exited)
 
     async def remove(self, container: StartedContainer) -> None:
@@ -233,3 +239,61 @@ def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("EMBER_STANDBY_CONTAINERS", "two")
     with pytest.raises(InvalidError, match=r"EMBER_STANDBY_CONTAINERS='two' is not a whole number"):
         limit_from_env()
+
+
+async def test_a_shape_whose_standby_is_connecting_gets_no_second_one() -> None:
+    """The leak seen under load: a standby stopped counting as on its way once runc had started
+    it, so a second replenish started another, and the first was then forgotten."""
+    starter = Starter()
+    starter.connect_gate = asyncio.Event()
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()  # runc started it; its harness has not connected
+    standbys.replenish(SMALL)
+    await settle()
+    assert [started[0] for started in starter.started] == ["sb-0"]
+    starter.connect_gate.set()
+    await settle()
+    assert standbys.waiting() == [SMALL] and standbys.count() == 1
+    await standbys.close()
+    assert starter.removed == ["sb-0"] and standbys.count() == 0
+
+
+async def test_a_start_order_claims_a_standby_whose_harness_is_still_connecting() -> None:
+    starter = Starter()
+    starter.connect_gate = asyncio.Event()
+    standbys = pool(starter)
+    standbys.replenish(SMALL)
+    await settle()
+    taken = await asyncio.wait_for(standbys.take(SMALL, NOW), timeout=1.0)
+    assert taken is not None and taken.runtime_id == "sb-0"
+    assert standbys.count() == 0 and standbys.waiting() == []
+
+
+async def test_no_more_than_the_limit_exist_at_any_moment_under_load() -> None:
+    """Many shapes asking at once, slow starts and slow removals, standbys taken meanwhile: the
+    containers alive never outnumber the limit."""
+    starter = Starter()
+    starter.gate = asyncio.Event()  # starts hang until let go
+    standbys = pool(starter, limit=3)
+    shapes = [ContainerShape(f"im-{n}", 0.0, 0) for n in range(12)]
+    for shape in shapes[:6]:
+        standbys.replenish(shape)
+    await settle()
+    assert len(starter.started) == 3  # the others wait for room
+    starter.gate.set()
+    await settle()
+    for round_ in range(5):
+        for shape in shapes:
+            standbys.replenish(shape)
+            assert standbys.count() <= 3
+        await settle()
+        taken = await standbys.take(shapes[round_], NOW)
+        if taken is not None:
+            await starter.remove(taken)
+        await settle()
+        assert standbys.count() <= 3
+    assert starter.most_alive <= 3
+    await standbys.close()
+    assert standbys.count() == 0
+    assert len(starter.removed) == len(starter.started)
