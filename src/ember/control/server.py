@@ -1,7 +1,8 @@
 """The control plane's composition root: builds every part and runs its loops in one task group.
 
 store (SQL) ── dispatcher (input queue) ── scheduler (autoscaler + placement) ── cluster view
-      └── log hub            └── blob store
+      ├── log hub            └── blob store
+      └── expiry (finished calls, unnamed blobs and old log lines go; the file shrinks)
 gRPC: `Ember` (SDK and CLI) and `Workers` (worker agents), both thin over these parts.
 """
 
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import grpc
 
-from ember.config import image_store_url
+from ember.config import image_store_url, output_retention_s
 from ember.control.api.ember_api import EmberService
 from ember.control.api.workers_api import WorkersService
 from ember.control.blobs import BlobStore, LocalBlobStore
 from ember.control.clock import Clock, SystemClock
+from ember.control.expiry import Expiry, RetentionPolicy
 from ember.control.images import ImageBuilds
 from ember.control.loghub import LogHub
 from ember.control.queue.dispatcher import Dispatcher
@@ -50,9 +52,11 @@ class ControlPlane:
     logs: LogHub
     chunks: ChunkStore
     images: ImageBuilds
+    expiry: Expiry
 
     @classmethod
     async def open(cls, data_dir: Path, clock: Clock | None = None) -> ControlPlane:
+        retention = RetentionPolicy(output_retention_s())  # a bad setting fails before anything
         data_dir.mkdir(parents=True, exist_ok=True)
         clock = clock or SystemClock()
         store = await Store.open(sqlite_url(data_dir / "ember.db"))
@@ -60,9 +64,10 @@ class ControlPlane:
         dispatcher = Dispatcher(store, clock, cluster.definition, cluster.count_containers)
         scheduler = Scheduler(store, clock, cluster, dispatcher)
         chunks = open_store(image_store_url(data_dir))
+        blobs = LocalBlobStore(data_dir / "blobs")
         plane = cls(
             store,
-            LocalBlobStore(data_dir / "blobs"),
+            blobs,
             clock,
             cluster,
             dispatcher,
@@ -70,6 +75,7 @@ class ControlPlane:
             LogHub(store),
             chunks,
             ImageBuilds(store, cluster, chunks, clock),
+            Expiry(store, blobs, clock, retention),
         )
         await plane.restore()
         return plane
@@ -137,6 +143,7 @@ async def serve(data_dir: Path, address: str, ready: asyncio.Event | None = None
         async with asyncio.TaskGroup() as group:
             group.create_task(plane.scheduler.run())
             group.create_task(plane.scheduler.run_reaper())
+            group.create_task(plane.expiry.run())
             group.create_task(server.wait_for_termination())
     finally:
         await server.stop(grace=1.0)

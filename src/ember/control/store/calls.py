@@ -26,6 +26,7 @@ from ember import errors
 from ember.control.store import schema
 from ember.control.store.dialect import insert_ignore, insert_ignore_for
 from ember.control.store.engine import Engine
+from ember.proto import api_pb2
 
 CALL_ID = re.compile(r"^fc-[0-9a-f]{16,32}$")
 
@@ -154,6 +155,14 @@ _RENEW = (
 )
 
 
+def result_blob_id(result: bytes) -> str | None:
+    """The blob a serialized `Result` keeps its payload in, if any. Most results are inline and
+    small: the substring test spares them a parse."""
+    if b"bl-" not in result:
+        return None
+    return api_pb2.Result.FromString(result).data.blob_id or None
+
+
 def _one_or_many(rows: list[dict[str, object]]) -> dict[str, object] | list[dict[str, object]]:
     """One row as a plain execution: SQLAlchemy's many-rows path costs more for a single row
     (the common case: one `.remote()`, one result)."""
@@ -239,6 +248,10 @@ class CallStore:
             }
             if complete:
                 values["inputs_complete"] = True
+            if rows:
+                # A call the expiry loop saw with nothing left to run has work again.
+                values["finished_at"] = None
+                values["expires_at"] = None
             await conn.execute(
                 schema.calls.update().where(schema.calls.c.id == call_id).values(**values)
             )
@@ -250,7 +263,10 @@ class CallStore:
                 await conn.execute(sa.select(schema.calls).where(schema.calls.c.id == call_id))
             ).one_or_none()
         if row is None:
-            raise errors.NotFoundError(f"function call {call_id!r} not found")
+            raise errors.NotFoundError(
+                f"function call {call_id!r} not found: there is no such call, or it finished"
+                " longer ago than the control plane keeps results (EMBER_OUTPUT_RETENTION_S)"
+            )
         return Call(
             row.id, row.function_id, row.kind, row.num_inputs, row.inputs_complete, row.cancelled
         )
@@ -302,6 +318,7 @@ class CallStore:
                     "idx": idx,
                     "gen_index": item.gen_index,
                     "result": item.result,
+                    "result_blob_id": result_blob_id(item.result),
                 }
             )
         finished = [item.input_id for item in results if item.finishes_input]

@@ -7,10 +7,20 @@ they take tens of microseconds and never wait on a network, while handing each o
 (aiosqlite) cost more than the statement itself (3.1 ms against 0.4 ms for a call's inserts,
 measured here). PostgreSQL URLs (`postgresql+asyncpg://`) use SQLAlchemy's async engine. The two
 present the same small interface, `Engine`, to the store.
+
+Space: expired rows are deleted (`ember.control.expiry`), which leaves SQLite free pages. They
+are reused by later inserts, but a file that held two large maps would stay that large; so
+SQLite runs with incremental auto-vacuum, and `reclaim_space` gives free pages back to the file
+system a bounded number at a time. (A plain `VACUUM` rewrites the whole file while holding the
+one connection the event loop uses.) A database made before that setting is converted once, by
+one `VACUUM`, when it is opened. PostgreSQL's autovacuum makes deleted rows' space reusable by
+itself.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +31,15 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# PRAGMA auto_vacuum: 2 is incremental.
+_INCREMENTAL = 2
+# The WAL is cut back to this after a checkpoint: one large transaction (a map's inputs, an
+# expiry's deletions) would otherwise leave it at its largest size for good.
+WAL_SIZE_LIMIT = 32 << 20
 
 
 class Connection(Protocol):
@@ -78,10 +96,18 @@ class InlineEngine:
         self._connection.connection.close()
         self._engine.dispose()
 
+    def raw_connection(self) -> Any:
+        """The sqlite3 connection itself, for pragmas that must run outside a transaction or be
+        stepped to their end."""
+        return self._connection.connection.connection.driver_connection
+
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
+    # Takes effect only in a database with no tables yet; see `_convert_to_incremental`.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -93,6 +119,8 @@ async def open_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         sync_engine = sa.create_engine(url, poolclass=sa.pool.SingletonThreadPool)
         sa.event.listen(sync_engine, "connect", _on_sqlite_connect)
+        with sync_engine.connect() as connection:
+            _convert_to_incremental(connection.connection.driver_connection)
         with sync_engine.begin() as connection:
             _upgrade_to_head(connection)
         return InlineEngine(sync_engine)
@@ -100,6 +128,46 @@ async def open_engine(url: str) -> Engine:
     async with async_engine.begin() as connection:
         await connection.run_sync(_upgrade_to_head)
     return async_engine  # type: ignore[return-value]
+
+
+def _convert_to_incremental(raw: Any) -> None:
+    """Turn on incremental auto-vacuum in a database made without it: SQLite changes the mode of
+    a database that has tables only through a `VACUUM`, which rewrites the file (seconds for
+    a hundred MB, once)."""
+    if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+        return
+    if raw.execute("PRAGMA page_count").fetchone()[0] == 0:
+        return  # a new file: the connect hook's setting holds once the first table is made
+    log.info("converting the database to incremental auto-vacuum (once)")
+    try:
+        # executescript: VACUUM cannot run inside the transaction sqlite3 may have opened.
+        raw.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+    except sqlite3.OperationalError as error:  # e.g. no room for the copy VACUUM makes
+        log.warning("could not convert the database to incremental auto-vacuum: %s", error)
+
+
+async def reclaim_space(engine: Engine, max_pages: int) -> int:
+    """Give up to `max_pages` free pages of an SQLite database back to the file system; returns
+    how many pages the file shrank by. Nothing to do on PostgreSQL."""
+    if not isinstance(engine, InlineEngine):
+        return 0
+    raw = engine.raw_connection()
+    before = raw.execute("PRAGMA page_count").fetchone()[0]
+    # executescript steps the pragma to its end: execute() steps a statement without result
+    # columns once, and this pragma frees one page per step.
+    raw.executescript(f"PRAGMA incremental_vacuum({int(max_pages)});")
+    after = raw.execute("PRAGMA page_count").fetchone()[0]
+    if after < before:
+        # Copy the moved pages into the file and cut the WAL, so the space is really returned.
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return int(before - after)
+
+
+async def free_pages(engine: Engine) -> int:
+    """How many pages of an SQLite database are free (0 on PostgreSQL)."""
+    if not isinstance(engine, InlineEngine):
+        return 0
+    return int(engine.raw_connection().execute("PRAGMA freelist_count").fetchone()[0])
 
 
 def _upgrade_to_head(connection: sa.Connection) -> None:

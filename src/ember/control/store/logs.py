@@ -64,3 +64,21 @@ class LogStore:
                 .limit(limit)
             )
             return [LogLine(*row) for row in rows]
+
+    async def delete_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` of the oldest lines, stopping at the first one stamped at or
+        after `cutoff`; returns how many went. Ids grow with arrival, so the old lines are a
+        prefix of the table and this reads no further than it deletes (no index on time)."""
+        g = schema.logs.c
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(sa.select(g.id, g.timestamp).order_by(g.id).limit(limit))
+            ).all()
+            last = None
+            for log_id, timestamp in rows:
+                if timestamp >= cutoff:
+                    break
+                last = log_id
+            if last is None:
+                return 0
+            return (await conn.execute(schema.logs.delete().where(g.id <= last))).rowcount

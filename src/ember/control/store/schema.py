@@ -49,6 +49,14 @@ calls = sa.Table(
     sa.Column("inputs_complete", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Set by the expiry loop (`ember.control.expiry`) once nothing is left to run: when the call
+    # finished, and when its rows may be deleted. Both NULL while it runs; a late input clears them.
+    sa.Column("finished_at", sa.Float),
+    sa.Column("expires_at", sa.Float),
+    # With the id: the loop pages through unfinished calls (expires_at NULL) in index order.
+    sa.Index("ix_calls_expires_at", "expires_at", "id"),
+    # The calls of an app that stopped, found through its functions, paged by id.
+    sa.Index("ix_calls_function_id", "function_id", "id"),
 )
 
 # Input states.
@@ -71,6 +79,13 @@ inputs = sa.Table(
     sa.UniqueConstraint("call_id", "idx"),
     sa.Index("ix_inputs_state", "state"),
     sa.Index("ix_inputs_container", "container_id"),
+    # Which blobs live inputs still name (most inputs carry their arguments inline: not indexed).
+    sa.Index(
+        "ix_inputs_args_blob_id",
+        "args_blob_id",
+        sqlite_where=sa.text("args_blob_id IS NOT NULL"),
+        postgresql_where=sa.text("args_blob_id IS NOT NULL"),
+    ),
 )
 
 outputs = sa.Table(
@@ -82,9 +97,18 @@ outputs = sa.Table(
     sa.Column("idx", sa.Integer, nullable=False),
     sa.Column("gen_index", sa.Integer, nullable=False),
     sa.Column("result", sa.LargeBinary, nullable=False),  # proto Result
+    # The blob the result's payload is in, if any: copied out of `result` so that the blob
+    # collector finds the blobs outputs use without parsing every result.
+    sa.Column("result_blob_id", sa.String),
     # One output per input (and per yielded item): a result reported twice is stored once.
     sa.UniqueConstraint("input_id", "gen_index"),
     sa.Index("ix_outputs_call_seq", "call_id", "seq"),
+    sa.Index(
+        "ix_outputs_result_blob_id",
+        "result_blob_id",
+        sqlite_where=sa.text("result_blob_id IS NOT NULL"),
+        postgresql_where=sa.text("result_blob_id IS NOT NULL"),
+    ),
     sqlite_autoincrement=True,
 )
 
