@@ -1,10 +1,18 @@
 """Every way of calling a function, through real containers."""
 
+import contextlib
+import os
+import random
+import sqlite3
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ember
+from ember import config
 
 
 def test_remote_returns_the_result(basics: Any) -> None:
@@ -27,9 +35,31 @@ def test_map_keeps_input_order(basics: Any) -> None:
     assert list(basics.square.map(range(50))) == [x * x for x in range(50)]
 
 
-def test_map_unordered_yields_everything(basics: Any) -> None:
-    results = list(basics.hostname_after.map([0.3, 0.0, 0.0], order_outputs=False))
-    assert len(results) == 3
+def _release(tag: str) -> None:
+    """Let a held `held_until_released` input finish: put /tmp/<tag>.go into the container whose
+    /tmp holds <tag>.held (the file only that input makes), through a process of the container."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            tmp = Path(f"/proc/{pid}/root/tmp")
+            with contextlib.suppress(OSError):
+                if (tmp / f"{tag}.held").exists():
+                    (tmp / f"{tag}.go").touch()
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"no container is running the held input {tag}")
+
+
+def test_map_unordered_yields_in_completion_order(basics: Any) -> None:
+    # The first input cannot finish until the test has received the two after it: ordered,
+    # the map would hold those back behind it (and the held input gives up only after 60 s).
+    held = f"held-{uuid.uuid4().hex}"
+    results = basics.held_until_released.map(
+        [held, "fast-1", "fast-2"], [True, False, False], order_outputs=False
+    )
+    assert sorted([next(results), next(results)]) == ["fast-1", "fast-2"]
+    _release(held)
+    assert list(results) == [held]
 
 
 def test_map_of_nothing_returns_at_once(basics: Any) -> None:
@@ -56,8 +86,26 @@ def test_map_raises_the_first_failure(basics: Any) -> None:
         list(basics.fail.map(range(3)))
 
 
+def _squares_logged(numbers: range) -> list[int]:
+    """Those of `numbers` that `square` printed a line for (repeats kept), once each of them has
+    been logged or after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        with sqlite3.connect(config.data_dir() / "ember.db") as db:
+            lines = db.execute(
+                "SELECT data FROM logs WHERE function_name = 'square' AND data LIKE 'squaring %'"
+            ).fetchall()
+        printed = sorted(x for (line,) in lines if (x := int(line.split()[1])) in numbers)
+        if len(printed) >= len(numbers) or time.monotonic() > deadline:
+            return printed
+        time.sleep(0.05)
+
+
 def test_for_each(basics: Any) -> None:
-    assert basics.square.for_each(range(5)) is None
+    first = random.randrange(10**12, 10**13)  # numbers no other test squares
+    numbers = range(first, first + 5)
+    assert basics.square.for_each(numbers) is None
+    assert _squares_logged(numbers) == list(numbers)  # each input ran, once
 
 
 def test_spawn_then_get(basics: Any) -> None:
@@ -131,10 +179,6 @@ def test_map_reads_its_inputs_lazily(basics: Any) -> None:
 
 
 def test_stopping_a_map_early_cancels_what_has_not_run(basics: Any) -> None:
-    import sqlite3
-
-    from ember import config
-
     results = basics.sleep_for.map([0.05] * 300)
     assert next(results) == 0.05
     results.close()

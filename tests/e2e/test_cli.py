@@ -1,11 +1,17 @@
 """The command line, as a user types it."""
 
+import contextlib
+import queue
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import ember
 
 from .conftest import APPS, ember_cli
 
@@ -76,32 +82,52 @@ def test_deploy_then_call_by_name_from_another_process(cluster: Any) -> None:
     assert "no running or deployed app named 'e2e-deployed'" in gone.stderr
 
 
+def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The lines `process` prints, as it prints them, then None when its output ends."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue[str | None], wanted: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(queue.Empty):
+            line = lines.get(timeout=left)
+            assert line is not None, f"the output ended before {wanted!r}"
+            if line.strip() == wanted:
+                return
+    raise AssertionError(f"{wanted!r} not printed within {timeout} s")
+
+
 def test_app_logs_follows_live(cluster: Any) -> None:
     assert ember_cli("deploy", str(APPS / "deployed.py")).returncode == 0
+    triple = ember.Function.from_name("e2e-deployed", "triple")
+    before, after = random.sample(range(10**12, 10**13), 2)  # printed by this test only
+    assert triple.remote(before) == 3 * before  # a line in the log before the follower starts
     follower = subprocess.Popen(
         [sys.executable, "-m", "ember", "app", "logs", "e2e-deployed"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(1.0)
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import ember; ember.Function.from_name('e2e-deployed', 'triple').remote(11)",
-            ],
-            timeout=120,
-            check=True,
-        )
-        assert follower.stdout is not None
-        deadline = time.monotonic() + 20
-        seen = ""
-        while "tripling 11" not in seen and time.monotonic() < deadline:
-            seen += follower.stdout.readline()
-        assert "tripling 11" in seen
+        lines = _lines_of(follower)
+        _wait_for_line(lines, f"tripling {before}", timeout=60)  # it has read the stored log
+        # A line that did not exist when the follower read the log: only following shows it.
+        assert triple.remote(after) == 3 * after
+        _wait_for_line(lines, f"tripling {after}", timeout=20)
+        assert follower.poll() is None  # still following
     finally:
         follower.kill()
+        follower.wait()
         ember_cli("app", "stop", "e2e-deployed")
 
 

@@ -1,11 +1,14 @@
 """Durability: the control plane or the worker is killed (SIGKILL) mid-work and started again."""
 
+import contextlib
+import math
 import os
 import signal
 import sqlite3
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +23,74 @@ def _wait_until(condition: Any, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def _call_ids(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT id FROM calls")}
+
+
+def _new_calls(db: sqlite3.Connection, before: set[str], num_inputs: int) -> list[str]:
+    """The calls stored since `before` that have `num_inputs` inputs."""
+    rows = db.execute("SELECT id FROM calls WHERE num_inputs = ?", (num_inputs,))
+    return [call_id for (call_id,) in rows if call_id not in before]
+
+
+def _inputs_without_one_final_output(db: sqlite3.Connection, call_id: str) -> list[int]:
+    """The inputs of a call that did not end with exactly one stored output: lost ones."""
+    return [
+        idx
+        for (idx,) in db.execute(
+            "SELECT i.idx FROM inputs i WHERE i.call_id = ? AND (i.state != 'done'"
+            " OR (SELECT count(*) FROM outputs o WHERE o.input_id = i.id) != 1) ORDER BY i.idx",
+            (call_id,),
+        )
+    ]
+
+
 def test_control_plane_killed_mid_map_loses_nothing(basics: Any) -> None:
     cluster = local_cluster.running()
     assert cluster is not None
-    results: list[int] = []
-    consumer = threading.Thread(target=lambda: results.extend(basics.square.map(range(5000))))
-    consumer.start()
-    _wait_until(lambda: len(results) >= 500, timeout=120)
-    remote: list[float] = []  # a .remote() waiting on the call stream when the kill lands
-    caller = threading.Thread(target=lambda: remote.append(basics.sleep_for.remote(1.5)))
-    caller.start()
-    time.sleep(0.3)
-    os.kill(cluster.control_pid, signal.SIGKILL)
-    killed_at = len(results)
-    time.sleep(0.5)
-    local_cluster.start_control(cluster.address)
-    consumer.join(timeout=300)
-    caller.join(timeout=300)
-    assert not consumer.is_alive()
-    assert remote == [1.5]
-    assert killed_at < 5000  # the kill landed mid-map
-    assert results == [x * x for x in range(5000)]
-    with sqlite3.connect(config.data_dir() / "ember.db") as db:
-        duplicates = db.execute(
-            "SELECT count(*) FROM (SELECT input_id FROM outputs GROUP BY input_id, gen_index"
-            " HAVING count(*) > 1)"
-        ).fetchone()[0]
-        lost = db.execute(
-            "SELECT count(*) FROM inputs WHERE state NOT IN ('done', 'cancelled')"
-            " AND function_id = (SELECT function_id FROM calls ORDER BY created_at DESC LIMIT 1)"
-        ).fetchone()[0]
-    assert duplicates == 0
-    assert lost == 0
+    with contextlib.closing(sqlite3.connect(config.data_dir() / "ember.db")) as db:
+        calls_before = _call_ids(db)
+        n = 3000
+        ordered: list[int] = []
+        # Unordered, every output the client reads goes straight to the caller (an ordered map
+        # holds results back by index, which hides an output delivered twice): duplicates show.
+        unordered: list[int] = []
+        consumers = [
+            threading.Thread(target=lambda: ordered.extend(basics.square.map(range(n)))),
+            threading.Thread(
+                target=lambda: unordered.extend(basics.square.map(range(n), order_outputs=False))
+            ),
+        ]
+        for consumer in consumers:
+            consumer.start()
+        _wait_until(lambda: len(ordered) >= 500 and len(unordered) >= 500, timeout=120)
+        remote: list[float] = []  # a .remote() waiting on the call stream when the kill lands
+        caller = threading.Thread(target=lambda: remote.append(basics.sleep_for.remote(1.5)))
+        caller.start()
+        _wait_until(lambda: _new_calls(db, calls_before, 1), timeout=60)  # its call is stored
+        os.kill(cluster.control_pid, signal.SIGKILL)
+        killed_at = (len(ordered), len(unordered))
+        time.sleep(0.5)  # the outage: clients see the control plane gone before it comes back
+        local_cluster.start_control(cluster.address)
+        for thread in [*consumers, caller]:
+            thread.join(timeout=300)
+            assert not thread.is_alive()
+        assert remote == [1.5]
+        assert max(killed_at) < n  # the kill landed mid-map
+        assert ordered == [x * x for x in range(n)]
+        received = Counter(math.isqrt(value) for value in unordered)  # per input index
+        assert sorted(i for i, count in received.items() if count > 1) == []  # delivered twice
+        assert sorted(set(range(n)) - received.keys()) == []  # never delivered
+        assert len(unordered) == n
+        maps = _new_calls(db, calls_before, n)
+        assert len(maps) == 2
+        for call_id in maps:
+            assert _inputs_without_one_final_output(db, call_id) == []
+            assert db.execute(
+                "SELECT inputs_complete, (SELECT count(*) FROM inputs WHERE call_id = ?)"
+                " FROM calls WHERE id = ?",
+                (call_id, call_id),
+            ).fetchone() == (1, n)
 
 
 def _runc_containers() -> set[str]:

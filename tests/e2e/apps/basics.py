@@ -86,6 +86,12 @@ def sleep_for(seconds: float) -> float:
 
 
 @app.function()
-def hostname_after(seconds: float) -> str:
-    time.sleep(seconds)
-    return socket.gethostname()
+def held_until_released(tag: str, held: bool) -> str:
+    """Returns `tag`. A held input first marks its container with the file /tmp/<tag>.held, then
+    waits for /tmp/<tag>.go, which the test puts into the container from outside (or 60 s)."""
+    if held:
+        open(f"/tmp/{tag}.held", "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f"/tmp/{tag}.go") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return tag

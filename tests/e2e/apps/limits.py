@@ -24,12 +24,14 @@ def sleep_then_host(seconds: float) -> str:
 
 
 @app.function(retries=ember.Retries(max_retries=2, initial_delay=0.5, backoff_coefficient=1.0))
-def crash_until(deadline: float) -> str:
-    """Dies (as a segfault would: no exception, the process is gone) until `deadline` passes."""
-    print(f"attempt on {socket.gethostname()}", flush=True)
-    if time.time() < deadline:
+def crash_on(host: str, token: str) -> str:
+    """Dies (as a segfault would: no exception, the process is gone) when it runs in the container
+    named `host`; else returns its container's name. Each attempt prints a line naming both."""
+    hostname = socket.gethostname()
+    print(f"attempt {token} on {hostname}", flush=True)
+    if hostname == host:
         os._exit(139)
-    return socket.gethostname()
+    return hostname
 
 
 @app.function(retries=1)
@@ -37,9 +39,14 @@ def always_crash() -> None:
     os._exit(1)
 
 
+_tokens_seen: set[str] = set()  # by this container's process
+
+
 @app.function(retries=ember.Retries(max_retries=3, initial_delay=0.1, backoff_coefficient=1.0))
-def raise_until(deadline: float) -> str:
-    if time.time() < deadline:
+def raise_once(token: str) -> str:
+    """Raises the first time this container sees `token`: only a retry can return "done"."""
+    if token not in _tokens_seen:
+        _tokens_seen.add(token)
         raise RuntimeError("not yet")
     return "done"
 

@@ -10,8 +10,13 @@ def test_the_copy_holds_every_module_with_its_bytecode(tmp_path: Path) -> None:
     harness = package / "harness" / "runtime.py"
     assert harness.read_bytes() == (SOURCE / "harness" / "runtime.py").read_bytes()
     tag = sys.implementation.cache_tag
-    assert (package / "harness" / "__pycache__" / f"runtime.{tag}.pyc").is_file()
-    assert importlib.util.source_hash(harness.read_bytes())  # hash-based pycs: no mtime checks
+    pyc = (package / "harness" / "__pycache__" / f"runtime.{tag}.pyc").read_bytes()
+    # The header (PEP 552): magic, a 4-byte little-endian flags word, then for a hash-based pyc
+    # the source's 8-byte hash. Flags 0b01: hash-based, unchecked (the interpreter trusts the
+    # pyc without reading the source); 0b11 would be checked, 0 timestamp-based.
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
+    assert pyc[8:16] == importlib.util.source_hash(harness.read_bytes())
 
 
 def test_the_copy_is_made_once_and_other_versions_are_removed(tmp_path: Path) -> None:
