@@ -134,7 +134,10 @@ class ImageCache:
         self._usage: OrderedDict[str, int] = OrderedDict()  # object digest -> size, LRU first
         self._used_bytes = 0
         self.reads = ReadLog()  # while a start records, the FUSE server notes what it read
-        self._staged: set[str] = set()  # small files placed in staged/ while recording
+        # Small files placed in staged/ while recording, with their sizes. A staged file moves
+        # into objects/ and into `_usage` in one step under the lock (`_unstage`): a reader
+        # always finds it in one of the two.
+        self._staged: dict[str, int] = {}
         self._claimed_pieces: dict[str, RecordedPiece] = {}  # by key, while a prefetch has them
         # Told (file digest, offset, bytes) each time part of a large file is placed, after it
         # is: the FUSE server hands it to the kernel's page cache when a container has the
@@ -382,7 +385,9 @@ class ImageCache:
 
     def _has_whole(self, file_digest: str) -> bool:
         """Whether the file is on this host whole: an object, or a small file staged."""
-        return self.has_object(file_digest) or file_digest in self._staged
+        # Staged first: a staged file becomes an object at once (`_unstage`), so asked in this
+        # order the two never both say no to a file that is here.
+        return file_digest in self._staged or self.has_object(file_digest)
 
     def _place_object(self, file_digest: str, data: bytes | memoryview) -> None:
         """A small file's content, whole: into the object directory, or into `staged/` while
@@ -392,9 +397,11 @@ class ImageCache:
             target = f"{self.objects}/{object_path(file_digest)}"
             self._add_object(file_digest, _write_atomic(target, data))
             return
-        _write_atomic(f"{self.staged}/{file_digest}", data)
+        size = _write_atomic(f"{self.staged}/{file_digest}", data)
         with self._lock:
-            self._staged.add(file_digest)
+            self._staged[file_digest] = size
+        if not self.reads.active:  # it ended while this was written: it moved the others only
+            self._unstage(file_digest)
 
     def _place_extent(self, ref: ChunkRef, piece: memoryview) -> None:
         found = ref.file
@@ -460,14 +467,21 @@ class ImageCache:
 
     def _unstage(self, file_digest: str) -> bool:
         """Move a small file placed while recording into the object directory; False if it
-        is not staged."""
+        is not staged.
+
+        It leaves `_staged` and joins the objects (`_usage`) in one step, under the lock. When
+        several containers open the same file at once, their opens all wait for its chunk and
+        wake together: one of them moves it here, and the others, finding it no longer staged,
+        look for it among the objects (`ensure_object`). Had it left the one before joining
+        the other, they would find it in neither and fail the open with ENOENT: a container
+        starting with the others would lose a shared library that is on the host."""
         with self._lock:
-            if file_digest not in self._staged:
+            size = self._staged.pop(file_digest, None)
+            if size is None:
                 return False
-            self._staged.discard(file_digest)
-            target = self.object_file(file_digest)
-            os.replace(self.staged / file_digest, target)
-        self._add_object(file_digest, target.stat().st_size)
+            os.replace(self.staged / file_digest, self.object_file(file_digest))
+            victims = self._account(file_digest, size)
+        self._evict(victims)
         return True
 
     def save_reads(self, image_id: str, reads: list[str | Read]) -> None:
@@ -655,17 +669,27 @@ class ImageCache:
                     self._usage.move_to_end(digest)
 
     def _add_object(self, file_digest: str, size: int) -> None:
+        """An object now in the object directory."""
         with self._lock:
-            if file_digest not in self._usage:
-                self._used_bytes += size
-            self._usage[file_digest] = size
-            self._usage.move_to_end(file_digest)
-            victims = []
-            while self._used_bytes > self.limit_bytes and len(self._usage) > 1:
-                digest, victim_size = self._usage.popitem(last=False)
-                self._used_bytes -= victim_size
-                victims.append(digest)
-            self.stats.evicted_objects += len(victims)
+            victims = self._account(file_digest, size)
+        self._evict(victims)
+
+    def _account(self, file_digest: str, size: int) -> list[str]:
+        """Count an object in, with the lock held; returns the least recently used objects it
+        pushes out (`_evict` removes them, without the lock)."""
+        if file_digest not in self._usage:
+            self._used_bytes += size
+        self._usage[file_digest] = size
+        self._usage.move_to_end(file_digest)
+        victims = []
+        while self._used_bytes > self.limit_bytes and len(self._usage) > 1:
+            digest, victim_size = self._usage.popitem(last=False)
+            self._used_bytes -= victim_size
+            victims.append(digest)
+        self.stats.evicted_objects += len(victims)
+        return victims
+
+    def _evict(self, victims: list[str]) -> None:
         for digest in victims:
             self.object_file(digest).unlink(missing_ok=True)
 

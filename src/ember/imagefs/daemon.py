@@ -250,8 +250,10 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     cache = ImageCache(root, open_store(args.store), args.limit_bytes)
     daemon = Daemon(cache)
+    # First a mount left by a daemon that died: until it goes, even a stat of its mount point
+    # fails (ENOTCONN), and so would the mkdir below.
+    overlay.unmount(daemon.fuse_mount)
     daemon.fuse_mount.mkdir(exist_ok=True)
-    overlay.unmount(daemon.fuse_mount)  # a mount left by a daemon that died
     options = set(pyfuse3.default_options)
     options |= {"fsname=ember-imagefs", "ro", "allow_other", "default_permissions"}
     pyfuse3.init(ObjectFS(cache), str(daemon.fuse_mount), options)

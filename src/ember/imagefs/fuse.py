@@ -216,7 +216,8 @@ async def _in_thread(function, *args):
         return await trio.to_thread.run_sync(function, *args)
     except CorruptChunkError:
         raise pyfuse3.FUSEError(errno.EIO) from None
-    except NotFoundError:
+    except NotFoundError as error:  # the reader sees ENOENT; the daemon's log says why
+        log.warning("content not found: %s", error)
         raise pyfuse3.FUSEError(errno.ENOENT) from None
     except OSError as error:
         raise pyfuse3.FUSEError(error.errno or errno.EIO) from None

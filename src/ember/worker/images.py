@@ -53,6 +53,10 @@ class ImageFSRoots:
         self._recording: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: set[str] = set()  # the daemon lives whose end this hears of
+        # Starts that find the daemon gone start a new one one at a time, and the others then
+        # find it running: containers start together, and daemons started at once on one root
+        # fail on its socket ("Address already in use"), failing the starts that waited on them.
+        self._restarting = asyncio.Lock()
         # Told a daemon life that ended: the containers on its mounts can read nothing more
         # they had not read (a page of the interpreter not yet needed kills them with SIGBUS).
         self.on_daemon_gone: Callable[[str], None] | None = None
@@ -68,7 +72,8 @@ class ImageFSRoots:
             prepared = await self.client.prepare(image_id, records=True)
         except ConnectionError:  # the daemon died (or was stopped): start a new one
             log.warning("the imagefs daemon is gone; starting it again")
-            await self.prepare(self._store_url)
+            async with self._restarting:
+                await self.prepare(self._store_url)  # (unless another start just did)
             prepared = await self.client.prepare(image_id, records=True)
         self._watch(prepared)
         if not prepared.recorded and image_id not in self._recording:
