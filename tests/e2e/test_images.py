@@ -239,7 +239,7 @@ def test_a_worker_restart_keeps_serving_images(lazy: Any) -> None:
     cluster = local_cluster.running()
     assert cluster is not None
     os.kill(cluster.worker_pid, signal.SIGKILL)
-    local_cluster.start_worker(cluster.address)
+    local_cluster.wait_for_part("worker", other_than=cluster.worker_pid)
     deadline = time.monotonic() + 60
     # The new worker removes the old containers, and the control plane hears they are gone.
     while (_containers() or _live_containers()) and time.monotonic() < deadline:

@@ -29,9 +29,14 @@ def status() -> None:
         if cluster is None:
             console.print("the local cluster is not running (`ember run` starts it)")
             return
+
+        def pid(value: int) -> str:
+            return str(value) if value else "(starting again)"
+
         console.print(
-            f"local cluster at {cluster.address}: control plane pid {cluster.control_pid}, "
-            f"worker pid {cluster.worker_pid}, data in {config.data_dir()}"
+            f"local cluster at {cluster.address}: supervisor pid {cluster.supervisor_pid}, "
+            f"control plane pid {pid(cluster.control_pid)}, worker pid {pid(cluster.worker_pid)}, "
+            f"data in {config.data_dir()}"
         )
     table = Table("Worker", "Host", "CPU used/total", "Memory used/total (MiB)", "Containers")
     for worker in run_blocking(_status()).workers:
@@ -47,7 +52,8 @@ def status() -> None:
 
 @group.command("stop")
 def stop() -> None:
-    """Stop the local cluster (its worker removes every container first)."""
+    """Stop the local cluster: its worker removes every container, then the control plane and
+    the imagefs daemon stop, and nothing of it stays on the host."""
     stopped = local_cluster.stop()
     message = "stopped the local cluster" if stopped else "the local cluster was not running"
     Console(stderr=True).print(message)

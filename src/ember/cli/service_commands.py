@@ -16,20 +16,34 @@ from ember import config
 
 
 def _serve_until_signalled(service: Coroutine[Any, Any, None]) -> None:
-    """Run a service until SIGTERM or SIGINT, then let it clean up."""
+    """Run a service until SIGTERM or SIGINT, then let it clean up. A service that ends any other
+    way failed: the process exits with 1 (a supervisor starts it again), never with 0."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    signalled = False
 
     async def main() -> None:
+        nonlocal signalled
         task = asyncio.ensure_future(service)
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            nonlocal signalled
+            signalled = True
+            task.cancel()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
+            loop.add_signal_handler(signum, stop)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
+    if not signalled:
+        # Its failure is in the log (the service logs it as it stops); the cancellation that
+        # ended it may have hidden the error from here.
+        logging.getLogger("ember").error("the service stopped without being asked to")
+        raise SystemExit(1)
 
 
 def server(

@@ -66,6 +66,9 @@ class Connection:
         self.ember = api_pb2_grpc.EmberStub(self.channel)
         self.workers = api_pb2_grpc.WorkersStub(self.channel)
         self._calls: CallStream | None = None
+        # Told, with a reason in words, when a request waits for the control plane to answer
+        # again (the SDK shows it to the caller).
+        self.on_waiting: Callable[[str], None] = lambda _reason: None
 
     @property
     def calls(self) -> CallStream:
@@ -102,6 +105,7 @@ class Connection:
                         ) from None
                     raise error_from_rpc(error) from None
             log.debug("control plane unavailable; retrying in %.2fs", delay)
+            self.on_waiting(f"cannot reach the ember control plane at {self.url}; trying again")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

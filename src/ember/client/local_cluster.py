@@ -1,15 +1,19 @@
 """The local cluster: a control plane and one worker in the background, under the data directory.
 
 With no `EMBER_SERVER_URL`, `ember run` (and `app.run()`) start one the first time and reuse it
-afterwards, the way `ray.init()` does. Both processes run `python -m ember server|worker`, detached
-in their own sessions, logging to `<data dir>/cluster/*.log`; their pids and the control plane's
-address are kept beside the logs. `ember cluster status|stop` manage it.
+afterwards, the way `ray.init()` does. A supervisor process (`ember.client.supervisor`), detached
+in its own session, runs `python -m ember server|worker` as its children and starts again
+whichever dies, on the same address and data: the cluster heals itself, and clients reconnect
+on their own. Logs go to `<data dir>/cluster/*.log`; the pids and the control plane's address
+are kept beside them. A cluster started again after its supervisor died takes the same address
+when it is free, so clients of the last one find it. `ember cluster status|stop` manage it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -23,16 +27,17 @@ from pathlib import Path
 import grpc
 
 from ember import config, errors
-from ember.imagefs.client import stop_daemon
 from ember.proto import api_pb2, api_pb2_grpc
 
 START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0  # the supervisor stops the worker (30 s at most) and the control plane
 
 
 @dataclass(frozen=True)
 class LocalCluster:
     address: str
-    control_pid: int
+    supervisor_pid: int
+    control_pid: int  # 0 while the supervisor is starting it (again)
     worker_pid: int
 
 
@@ -58,15 +63,18 @@ def _read(name: str) -> str | None:
         return None
 
 
+def _pid(name: str) -> int:
+    text = _read(f"{name}.pid")
+    return int(text) if text and _alive(int(text)) else 0
+
+
 def running() -> LocalCluster | None:
-    """The local cluster if both of its processes are alive."""
-    address, control, worker = _read("address"), _read("control.pid"), _read("worker.pid")
-    if not (address and control and worker):
+    """The local cluster if its supervisor is alive (its parts may be starting again)."""
+    address = _read("address")
+    supervisor = _pid("supervisor")
+    if not (address and supervisor):
         return None
-    cluster = LocalCluster(address, int(control), int(worker))
-    if _alive(cluster.control_pid) and _alive(cluster.worker_pid):
-        return cluster
-    return None
+    return LocalCluster(address, supervisor, _pid("control"), _pid("worker"))
 
 
 @contextlib.contextmanager
@@ -77,32 +85,35 @@ def _locked() -> Iterator[None]:
         yield
 
 
-def _free_port() -> int:
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _address() -> str:
+    """The last cluster's address if its port is free (its clients may still be retrying), else
+    a free port."""
+    previous = _read("address")
+    if previous:
+        port = int(previous.rsplit(":", 1)[1])
+        if _port_free(port):
+            return previous
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
-def _spawn(name: str, args: list[str]) -> int:
-    log = open(cluster_dir() / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ember", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    (cluster_dir() / f"{name}.pid").write_text(str(process.pid))
-    return process.pid
-
-
-def _wait_for_worker(address: str, worker_pid: int) -> None:
+def _wait_for_worker(address: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     with grpc.insecure_channel(address) as channel:
         stub = api_pb2_grpc.EmberStub(channel)
         while time.monotonic() < deadline:
-            if not _alive(worker_pid):
+            if not _pid("supervisor"):
                 break
             try:
                 status = stub.ClusterStatus(api_pb2.ClusterStatusRequest(), timeout=1.0)
@@ -113,7 +124,7 @@ def _wait_for_worker(address: str, worker_pid: int) -> None:
             time.sleep(0.1)
     raise errors.ConnectionError(
         "the local ember cluster did not start; its logs are in "
-        f"{cluster_dir()}/control.log and {cluster_dir()}/worker.log"
+        f"{cluster_dir()}/supervisor.log, control.log and worker.log"
     )
 
 
@@ -123,68 +134,104 @@ def ensure_running() -> LocalCluster:
         cluster = running()
         if cluster is not None:
             return cluster
-        _stop_processes()
         if os.geteuid() != 0:
             raise errors.InvalidError(
                 "the local ember cluster runs containers and needs root; run as root, or set "
                 "EMBER_SERVER_URL to a cluster started by `ember server` and `ember worker`"
             )
-        address = f"127.0.0.1:{_free_port()}"
-        control_pid = start_control(address)
-        worker_pid = start_worker(address)
+        _stop_orphans()
+        address = _address()
         (cluster_dir() / "address").write_text(address)
-        _wait_for_worker(address, worker_pid)
-        return LocalCluster(address, control_pid, worker_pid)
+        supervisor_pid = _start_supervisor(address)
+        _wait_for_worker(address)
+        return LocalCluster(address, supervisor_pid, _pid("control"), _pid("worker"))
 
 
-def start_control(address: str) -> int:
-    """Start the control plane on `address`; its state (SQLite, blobs) is in the data dir, so a
-    control plane started again after a crash carries on where the last one stopped."""
-    return _spawn("control", ["server", "--address", address, "--data-dir", str(config.data_dir())])
+def _start_supervisor(address: str) -> int:
+    log = open(cluster_dir() / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ember.client.supervisor", "--address", address,
+             "--data-dir", str(config.data_dir())],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not the caller's: it outlives `ember run`
+        )  # fmt: skip
+    finally:
+        log.close()
+    (cluster_dir() / "supervisor.pid").write_text(str(process.pid))
+    return process.pid
 
 
-def start_worker(address: str) -> int:
-    """Start the worker; one started again after a crash first removes what the last one left."""
-    return _spawn("worker", ["worker", "--server", address, "--data-dir", str(config.data_dir())])
-
-
-def _stop_process(name: str, timeout_s: float = 30.0) -> int | None:
-    """SIGTERM the cluster's `name` process (SIGKILL after `timeout_s`); its pid if it ran."""
-    pid_text = _read(f"{name}.pid")
-    stopped = None
-    if pid_text is not None and _alive(pid := int(pid_text)):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped = pid
-    (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
-    return stopped
-
-
-def _stop_processes() -> list[int]:
-    """SIGTERM the worker (it removes its containers), then the control plane, then the host's
-    imagefs daemon (which outlives worker restarts)."""
-    stopped = [pid for name in ("worker", "control") if (pid := _stop_process(name)) is not None]
-    (cluster_dir() / "address").unlink(missing_ok=True)
-    stop_daemon(config.data_dir() / "imagefs")
-    return stopped
+def wait_for_part(name: str, other_than: int = 0, timeout_s: float = START_TIMEOUT_S) -> int:
+    """The pid of the cluster's `name` part ("control" or "worker") once it runs, and is not the
+    process `other_than` (one that died and is being started again)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = _pid(name)
+        if pid and pid != other_than:
+            return pid
+        time.sleep(0.02)
+    raise errors.TimeoutError(f"the local cluster's {name} did not start within {timeout_s:g} s")
 
 
 def restart_worker() -> LocalCluster:
-    """Stop the running local cluster's worker (it removes its containers) and start it again,
-    with this process's environment; the control plane carries on."""
+    """Start the running local cluster's worker again (it removes its containers first), with
+    this process's environment; the control plane carries on. Returns once the new worker has
+    registered."""
     with _locked():
         cluster = running()
         if cluster is None:
             raise errors.NotFoundError("no local ember cluster is running")
-        _stop_process("worker")
-        return LocalCluster(cluster.address, cluster.control_pid, start_worker(cluster.address))
+        (cluster_dir() / "worker.env").write_text(json.dumps(dict(os.environ)))
+        os.kill(cluster.supervisor_pid, signal.SIGUSR1)
+        worker_pid = wait_for_part("worker", other_than=cluster.worker_pid)
+        _wait_for_worker(cluster.address)
+        return LocalCluster(cluster.address, cluster.supervisor_pid, _pid("control"), worker_pid)
+
+
+def _stop_orphans() -> list[int]:
+    """Parts whose supervisor is gone (it was killed; they get SIGTERM then and are on their
+    way out) are stopped and waited for, and what they left is removed; their pids."""
+    from ember.client.leftovers import find_leftovers, remove_leftovers
+
+    stopped = []
+    for name in ("worker", "control"):
+        pid = _pid(name)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(pid)
+        (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
+    if os.geteuid() == 0 and find_leftovers(config.data_dir()):
+        remove_leftovers(config.data_dir())
+    return stopped
 
 
 def stop() -> list[int]:
-    """Stop the local cluster; returns the pids that were running."""
+    """Stop the local cluster: its supervisor stops the worker (which removes its containers),
+    the control plane and the imagefs daemon, and removes whatever they left. Returns the pids
+    that were running."""
     with _locked():
-        return _stop_processes()
+        cluster = running()
+        if cluster is None:
+            return _stop_orphans()
+        stopped = [
+            p for p in (cluster.worker_pid, cluster.control_pid, cluster.supervisor_pid) if p
+        ]
+        os.kill(cluster.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(cluster.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(cluster.supervisor_pid):
+            raise errors.ExecutionError(
+                f"the local cluster did not stop within {STOP_TIMEOUT_S:g} s; see "
+                f"{cluster_dir()}/supervisor.log"
+            )
+        (cluster_dir() / "supervisor.pid").unlink(missing_ok=True)
+        return stopped

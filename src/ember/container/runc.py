@@ -200,6 +200,11 @@ class RuncRuntime:
         # loop runs every other container meanwhile.
         await asyncio.to_thread(self._remove_files, container_id)
 
+    @property
+    def roots_dir(self) -> Path:
+        """Where containers' root file systems are mounted."""
+        return self._roots
+
     def _rootfs(self, container_id: str) -> Path:
         return self._roots / container_id
 

@@ -26,7 +26,7 @@ from ember.control.loghub import LogHub
 from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
 from ember.control.scheduler.scheduler import Scheduler
-from ember.control.store import Store, sqlite_url
+from ember.control.store import LogLine, Store, sqlite_url
 from ember.imagefs.store import ChunkStore, open_store
 from ember.proto import api_pb2, api_pb2_grpc
 
@@ -77,8 +77,19 @@ class ControlPlane:
             ImageBuilds(store, cluster, chunks, clock),
             Expiry(store, blobs, clock, retention),
         )
+        dispatcher.on_notice = plane.notice
         await plane.restore()
         return plane
+
+    async def notice(self, function_id: str, text: str) -> None:
+        """A line from ember itself in the app log of a function (its callers see it with the
+        function's own output)."""
+        info = self.cluster.functions.get(function_id)
+        if info is not None:
+            line = f"ember: {info.definition.name}: {text}\n"
+            await self.logs.append(
+                [LogLine(0, info.app_id, info.definition.name, "", 2, line, self.clock.now())]
+            )
 
     async def load_function(self, function_id: str) -> FunctionInfo:
         info = self.cluster.functions.get(function_id)
@@ -145,6 +156,10 @@ async def serve(data_dir: Path, address: str, ready: asyncio.Event | None = None
             group.create_task(plane.scheduler.run_reaper())
             group.create_task(plane.expiry.run())
             group.create_task(server.wait_for_termination())
+    except Exception:
+        # Logged here: the clean-up below may be cancelled, and then this error is lost.
+        log.exception("the control plane stops: one of its loops failed")
+        raise
     finally:
         await server.stop(grace=1.0)
         await plane.close()

@@ -30,8 +30,11 @@ async def connection() -> Connection:
         _connection_lock = asyncio.Lock()
     async with _connection_lock:
         if _connection is None:
+            from ember.sdk.output import note_waiting
+
             # Starting the local cluster may take a while; keep the loop free meanwhile.
             _connection = Connection(await asyncio.to_thread(server_address))
+            _connection.on_waiting = note_waiting
         return _connection
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ember.client import Connection
 from ember.proto import api_pb2
 from ember.sdk._calls import decode_error, decode_result, encode_args, is_error, new_call_id
+from ember.sdk.output import note_waiting
 
 BATCH_INPUTS = 1000
 BATCH_BYTES = 8 << 20
@@ -119,6 +120,7 @@ async def map_outputs(
                     call_id=call_id, after_seq=after_seq, wait_s=POLL_S
                 ),
             )
+            note_waiting(response.waiting)
             fresh = []
             for output in response.outputs:
                 after_seq = max(after_seq, output.seq)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ember import errors
 from ember.sdk._sync import run_async, run_blocking, synchronize
+from ember.sdk.output import note_waiting
 from ember.sdk.retries import Retries
 
 if TYPE_CHECKING:
@@ -256,6 +257,7 @@ class Function:
                 wait_s=wait_s,
             )
         )
+        note_waiting(response.waiting)
         return conn, call_id, list(response.outputs)
 
     def _no_generator(self, method: str) -> None:
@@ -315,6 +317,7 @@ class Function:
                     call_id=call_id, after_seq=after_seq, wait_s=GET_POLL_S
                 ),
             )
+            note_waiting(response.waiting)
             outputs = list(response.outputs)
 
     async def _fan_out(
@@ -428,6 +431,7 @@ class FunctionCall:
                     max_outputs=1,
                 ),
             )
+            note_waiting(response.waiting)
             outputs = list(response.outputs)
             if not outputs and deadline is not None and loop.time() >= deadline:
                 raise errors.TimeoutError(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 _enabled = False
+_waiting_shown = ""  # the reason a call waits that was shown last ("" once calls run)
 
 
 @contextlib.contextmanager
@@ -42,3 +44,20 @@ def show_log(fd: int, data: str) -> None:
     stream = sys.stderr if fd == 2 else sys.stdout
     stream.write(data)
     stream.flush()
+
+
+def note_waiting(reason: str) -> None:
+    """Tell the caller why its call is waiting ("no worker connected"), once per reason; an empty
+    reason (the inputs run) lets the next wait be told again. Shown on stderr with output
+    enabled, else as a logged warning, so a call never waits without a word."""
+    global _waiting_shown
+    if reason == _waiting_shown:
+        return
+    _waiting_shown = reason
+    if not reason:
+        return
+    if _enabled:
+        sys.stderr.write(f"waiting: {reason}\n")
+        sys.stderr.flush()
+    else:
+        logging.getLogger("ember").warning("waiting: %s", reason)

@@ -67,6 +67,7 @@ class Worker:
         self._runtime = runtime or RuncRuntime(self._dir / "runtime")
         self._containers: dict[str, ContainerTask] = {}
         self._worker_id = ""
+        self._registered = False  # once: the control plane learns this life began
         self._images = ImageFSRoots(data_dir / "imagefs")
         self._images.on_daemon_gone = self._retire_containers_of
 
@@ -104,6 +105,10 @@ class Worker:
                 group.create_task(self._take_orders())
                 group.create_task(self._heartbeat())
                 group.create_task(self._logs.run())
+        except Exception:
+            # Logged here: the clean-up below may be cancelled, and then this error is lost.
+            log.exception("the worker stops: one of its loops failed")
+            raise
         finally:
             await self.stop_all()
             await self._conn.close()
@@ -120,8 +125,10 @@ class Worker:
                 capacity=api_pb2.Resources(
                     cpu=self._resources.cpu, memory_mb=self._resources.memory_mb
                 ),
+                started=not self._registered,
             ),
         )
+        self._registered = True
         self._worker_id = response.worker_id
         id_file.write_text(self._worker_id)
         log.info(

@@ -100,10 +100,10 @@ class ContainerTask:
 
     def stop(self, *, failed: str = "") -> None:
         """Stop the container. Its running input is cancelled when the control plane ordered the
-        stop; when the host `failed` it (the worker is stopping, say), the input failed an
-        attempt for that reason and runs again elsewhere."""
+        stop; when the host `failed` it (the worker is stopping, say), the input was lost with
+        its host for that reason and runs again, not counted against the function's retries."""
         if failed:
-            self._stopped_as = Exit(api_pb2.RESULT_STATUS_CONTAINER_DIED, failed)
+            self._stopped_as = Exit(api_pb2.RESULT_STATUS_HOST_LOST, failed)
         if self.task is not None:
             self.task.cancel()
 
@@ -121,9 +121,10 @@ class ContainerTask:
             raise
         except Exception as error:
             log.exception("container %s failed", self.container_id)
-            # Before the harness is ready nothing would go better on a retry.
+            # The host's own failure, not the function's; but before the harness is ready
+            # nothing would go better on a retry.
             reason = (
-                api_pb2.RESULT_STATUS_CONTAINER_DIED
+                api_pb2.RESULT_STATUS_HOST_LOST
                 if self._ready
                 else api_pb2.RESULT_STATUS_INIT_FAILURE
             )

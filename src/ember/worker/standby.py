@@ -171,9 +171,7 @@ class StandbyPool:
             self._waiting[shape] = container
             asyncio.get_running_loop().call_later(self._idle_s, self._expire, shape, container)
 
-    async def _started(
-        self, shape: ContainerShape, starting: _Starting
-    ) -> StartedContainer | None:
+    async def _started(self, shape: ContainerShape, starting: _Starting) -> StartedContainer | None:
         """Start a standby of `shape` (after its delay, unless hurried) and wait for its harness
         to connect, unless a start order claims it first; None if it cannot be used."""
         with contextlib.suppress(TimeoutError):

@@ -129,6 +129,18 @@ async def test_a_call_past_its_retention_is_deleted_with_its_inputs_and_outputs(
         await store.calls.get_call(cid)
 
 
+async def test_many_calls_finish_and_go_in_one_pass(store, clock, expiry) -> None:
+    """Several calls in one pass: the statements run once per call (an executemany), which an
+    expanding IN parameter in them once broke, failing every pass of the control plane's loop."""
+    _, function_id = await make_app(store, clock)
+    calls = [await run_call(store, clock, function_id, n, SPAWN, inputs=2) for n in range(5)]
+    assert (await expiry.run_once()).finished == 5
+    clock.advance(RETENTION_S + 1)
+    assert (await expiry.run_once()).calls_deleted == 5
+    for cid in calls:
+        assert await rows_of(store, cid) == GONE
+
+
 async def test_a_call_within_its_retention_is_kept_and_readable(store, clock, expiry) -> None:
     _, function_id = await make_app(store, clock)
     cid = await run_call(store, clock, function_id, 1, SPAWN)

@@ -15,6 +15,10 @@ from ember.control.store import NewInput, StoredOutput
 from ember.control.store.apps import LIVE_STATES
 from ember.proto import api_pb2, api_pb2_grpc
 
+# A long-poll for outputs answers after this long, saying why, when the call's inputs wait for a
+# container that cannot be placed: its caller learns within seconds, not at the poll's end.
+WAITING_NOTICE_S = 3.0
+
 if TYPE_CHECKING:
     from ember.control.server import ControlPlane
 
@@ -221,15 +225,46 @@ class EmberService(api_pb2_grpc.EmberServicer):
             self._plane.clock.now(),
         )
         self._plane.dispatcher.enqueue(queued)
-        outputs = []
+        outputs, waiting = [], ""
         if request.wait_s > 0:
-            outputs = await self._plane.dispatcher.wait_outputs(
+            outputs, waiting = await self._outputs_or_waiting(
                 request.call_id,
+                request.function_id,
                 0,
                 request.wait_s,
                 known_empty=bool(queued) and len(queued) == len(request.inputs),
             )
-        return api_pb2.FunctionCallResponse(outputs=output_messages(outputs))
+        return api_pb2.FunctionCallResponse(outputs=output_messages(outputs), waiting=waiting)
+
+    async def _outputs_or_waiting(
+        self,
+        call_id: str,
+        function_id: str,
+        after_seq: int,
+        wait_s: float,
+        limit: int = 1000,
+        *,
+        known_empty: bool = False,
+    ) -> tuple[list[StoredOutput], str]:
+        """A call's outputs after `after_seq`, waiting up to `wait_s` for the first; but when
+        none came within WAITING_NOTICE_S and its inputs wait for a container that cannot be
+        placed (no worker connected, none with room), the answer comes then, saying why, so
+        that the caller is told."""
+        dispatcher = self._plane.dispatcher
+        first = min(wait_s, WAITING_NOTICE_S)
+        outputs = await dispatcher.wait_outputs(
+            call_id, after_seq, first, limit, known_empty=known_empty
+        )
+        if outputs:
+            return outputs, ""
+        waiting = self._plane.scheduler.waiting_reason(function_id)
+        if waiting or wait_s <= first:
+            return [], waiting
+        # No await since the first wait ended: nothing was stored in between.
+        outputs = await dispatcher.wait_outputs(
+            call_id, after_seq, wait_s - first, limit, known_empty=True
+        )
+        return outputs, "" if outputs else self._plane.scheduler.waiting_reason(function_id)
 
     @translate_errors
     async def FunctionPutInputs(
@@ -254,8 +289,12 @@ class EmberService(api_pb2_grpc.EmberServicer):
         self, request: api_pb2.FunctionGetOutputsRequest, context: Context
     ) -> api_pb2.FunctionGetOutputsResponse:
         call = await self._plane.store.calls.get_call(request.call_id)
-        outputs = await self._plane.dispatcher.wait_outputs(
-            request.call_id, request.after_seq, request.wait_s, request.max_outputs or 1000
+        outputs, waiting = await self._outputs_or_waiting(
+            request.call_id,
+            call.function_id,
+            request.after_seq,
+            request.wait_s,
+            request.max_outputs or 1000,
         )
         if outputs:  # the input count may have grown while we waited
             call = await self._plane.store.calls.get_call(request.call_id)
@@ -263,6 +302,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
             outputs=output_messages(outputs),
             num_inputs=call.num_inputs,
             inputs_complete=call.inputs_complete,
+            waiting=waiting,
         )
 
     @translate_errors

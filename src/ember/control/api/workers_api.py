@@ -41,6 +41,8 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
             worker.last_heartbeat_at = now
         else:
             workers[worker_id] = LiveWorker(worker_id, request.hostname, cpu, memory_mb, now)
+        if request.started:
+            await self._plane.scheduler.worker_started(worker_id)
         self._plane.scheduler.poke()
         return api_pb2.WorkerRegisterResponse(
             worker_id=worker_id, image_store_url=self._plane.chunks.url
@@ -53,8 +55,9 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         worker = self._plane.cluster.workers.get(request.worker_id)
         if worker is None:
             raise errors.NotFoundError(f"worker {request.worker_id!r} is not registered")
+        orders = self._plane.cluster.orders(request.worker_id)
         while True:
-            yield await worker.orders.get()
+            yield await orders.get()
 
     @translate_errors
     async def WorkerHeartbeat(

@@ -7,7 +7,10 @@ it all from the store after a restart.
 
 One input's path: `enqueue` ─▶ a container's `take` leases it ─▶ `report` stores its result and
 wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it back with
-a delay while it has retries left.
+a delay while it has retries left. A run lost because its host failed under it (the worker
+stopped or died, its image daemon ended: `RESULT_STATUS_HOST_LOST`) is not the function's
+failure: the input runs again at once without using up a retry, up to `MAX_HOST_LOSSES` times,
+and the app's log says so.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ember.control.clock import Clock
@@ -33,6 +36,10 @@ from ember.proto import api_pb2
 # How long a container holds an input without its worker heartbeating before the input is
 # presumed lost and run again.
 LEASE_S = 30.0
+
+# How many times an input may be lost with its host before it fails: a host that fails every
+# time it runs the input is, in the end, the input's own doing (it brings the machine down).
+MAX_HOST_LOSSES = 5
 
 # Failures that may be retried; an import failure or a cancellation never is.
 RETRYABLE = {
@@ -76,6 +83,8 @@ class Dispatcher:
             list
         )
         self.on_work: Callable[[str], None] = lambda _function_id: None
+        # (function_id, text): a line for the function's app log, where its callers see it.
+        self.on_notice: Callable[[str, str], Awaitable[None]] = _no_notice
 
     # ---- state for the autoscaler
 
@@ -231,13 +240,18 @@ class Dispatcher:
             self._wake_outputs(call_id, outputs)
 
     async def _fail(self, failed: Sequence[tuple[str, Lease, api_pb2.Result]]) -> None:
-        """Failed attempts: run again after the backoff while retries last, else final."""
+        """Failed attempts: run again after the backoff while retries last, else final; runs
+        lost with their host run again at once (see `_host_lost`)."""
         now = self._clock.now()
         finals = []
         retry: dict[float, list[str]] = defaultdict(list)
+        lost: list[tuple[str, Lease, api_pb2.Result]] = []
         for input_id, lease, result in failed:
             definition = self._definition(lease.function_id)
             delay = None
+            if result.status == api_pb2.RESULT_STATUS_HOST_LOST and not definition.is_generator:
+                lost.append((input_id, lease, result))
+                continue
             # A generator is never run again: its items already reached the caller.
             if result.status in RETRYABLE and not definition.is_generator:
                 delay = retry_delay(definition.retries, lease.attempts)
@@ -255,6 +269,52 @@ class Dispatcher:
                 for input_id in input_ids
                 if (lease := self._drop_lease(input_id)) is not None
             )
+        await self._host_lost(lost)
+
+    async def _host_lost(self, lost: Sequence[tuple[str, Lease, api_pb2.Result]]) -> None:
+        """Runs whose host failed under them: queued again at once, their attempt not counted,
+        while an input has been lost fewer than MAX_HOST_LOSSES times; then final."""
+        by_function: dict[str, list[tuple[str, api_pb2.Result]]] = defaultdict(list)
+        for input_id, lease, result in lost:
+            by_function[lease.function_id].append((input_id, result))
+        now = self._clock.now()
+        for function_id, items in by_function.items():
+            reason = items[0][1].exception_text
+            requeued, exhausted = await self._store.calls.requeue_lost(
+                [input_id for input_id, _ in items], now, MAX_HOST_LOSSES
+            )
+            self.enqueue(
+                QueuedInput(input_id, function_id, now)
+                for input_id in requeued
+                if self._drop_lease(input_id) is not None
+            )
+            results = dict(items)
+            finals = []
+            for input_id in exhausted:
+                result = api_pb2.Result()
+                result.CopyFrom(results[input_id])
+                result.exception_text = (
+                    f"{result.exception_text}; this input was lost with its host "
+                    f"{MAX_HOST_LOSSES} times, so it is not run again"
+                )
+                finals.append(
+                    FinalResult(input_id, AFTER_LAST_ITEM, result.SerializeToString(), True)
+                )
+            await self._finish(finals)
+            if requeued:
+                most = max(requeued.values())
+                await self.on_notice(
+                    function_id,
+                    f"{len(requeued)} input(s) were running on a host that failed ({reason}); "
+                    "they run again without counting against the function's retries "
+                    f"(lost {most} of at most {MAX_HOST_LOSSES} times)",
+                )
+            if exhausted:
+                await self.on_notice(
+                    function_id,
+                    f"{len(exhausted)} input(s) failed: lost with their host "
+                    f"{MAX_HOST_LOSSES} times ({reason})",
+                )
 
     async def container_exited(
         self, container_id: str, reason: int, message: str, inflight: Sequence[str]
@@ -299,7 +359,7 @@ class Dispatcher:
         """Inputs whose container stopped renewing their lease failed an attempt."""
         expired = await self._store.calls.leased(expired_before=self._clock.now())
         result = api_pb2.Result(
-            status=api_pb2.RESULT_STATUS_CONTAINER_DIED,
+            status=api_pb2.RESULT_STATUS_HOST_LOST,
             exception_text="the container running this input was lost (its host stopped answering)",
         )
         failed = []
@@ -378,3 +438,7 @@ class Dispatcher:
         for waiter in self._output_waiters.pop(call_id, []):
             if not waiter.done():
                 waiter.set_result(outputs)
+
+
+async def _no_notice(function_id: str, text: str) -> None:
+    pass

@@ -7,7 +7,7 @@ query and holds each worker's queue of orders. `ControlPlane.restore` rebuilds i
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ember.control.scheduler.placement import WorkerCapacity
 from ember.proto import api_pb2
@@ -20,7 +20,6 @@ class LiveWorker:
     cpu: float
     memory_mb: int
     last_heartbeat_at: float
-    orders: asyncio.Queue[api_pb2.WorkerOrder] = field(default_factory=asyncio.Queue)
 
 
 @dataclass
@@ -48,6 +47,9 @@ class Cluster:
         self.containers: dict[str, LiveContainer] = {}
         self.functions: dict[str, FunctionInfo] = {}
         self.live_apps: set[str] = set()
+        # Each worker's orders, by id. Kept apart from `workers`: a worker given up for silence
+        # may come back with its order stream still open, reading this same queue.
+        self._orders: dict[str, asyncio.Queue[api_pb2.WorkerOrder]] = {}
 
     def definition(self, function_id: str) -> api_pb2.FunctionDefinition:
         return self.functions[function_id].definition
@@ -76,7 +78,17 @@ class Cluster:
             )
         return capacities
 
+    def orders(self, worker_id: str) -> asyncio.Queue[api_pb2.WorkerOrder]:
+        """The queue a worker's order stream reads."""
+        return self._orders.setdefault(worker_id, asyncio.Queue())
+
     def order(self, worker_id: str, order: api_pb2.WorkerOrder) -> None:
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.orders.put_nowait(order)
+        if worker_id in self.workers:
+            self.orders(worker_id).put_nowait(order)
+
+    def forget_worker(self, worker_id: str) -> None:
+        """A worker given up: its orders not yet delivered were for containers now lost."""
+        self.workers.pop(worker_id, None)
+        queue = self.orders(worker_id)
+        while not queue.empty():
+            queue.get_nowait()

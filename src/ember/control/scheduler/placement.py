@@ -36,7 +36,9 @@ class Placement:
         return self.rejections[TOO_SMALL] == workers
 
     def explain(self, workers: int) -> str:
-        """'0 of 2 workers fit: 2 short of memory'."""
+        """'0 of 2 workers fit: 2 short of memory', or 'no worker connected'."""
+        if workers == 0:
+            return "no worker connected"
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.rejections.items())
         return f"0 of {workers} workers fit" + (f": {reasons}" if reasons else "")
 

@@ -263,14 +263,36 @@ class Scheduler:
                 container.container_id not in reported
                 and now - container.created_at > CONTAINER_REPORT_GRACE_S
             ):
+                # Its worker no longer has it: the worker started again, and removed what its
+                # earlier life left.
                 await self.container_exited(
                     container.container_id,
-                    api_pb2.RESULT_STATUS_CONTAINER_DIED,
-                    "the container disappeared from its host",
+                    api_pb2.RESULT_STATUS_HOST_LOST,
+                    "the container disappeared from its host (its worker started again)",
                     self._dispatcher.holds(container.container_id),
                 )
         for container_id in reported - set(self._cluster.containers):
             self._cluster.order(worker_id, api_pb2.WorkerOrder(stop_container_id=container_id))
+
+    async def worker_started(self, worker_id: str) -> None:
+        """A worker process started again under its old id: it removed the containers of its
+        earlier life, whose inputs were lost with their host (no heartbeat need miss them)."""
+        for container in self._cluster.containers_on(worker_id):
+            await self.container_exited(
+                container.container_id,
+                api_pb2.RESULT_STATUS_HOST_LOST,
+                "the container's worker stopped and started again",
+                self._dispatcher.holds(container.container_id),
+            )
+
+    def waiting_reason(self, function_id: str) -> str:
+        """Why a function's queued inputs are waiting for a container, in words for its callers;
+        empty when they are not (they run, or a container is on its way)."""
+        if not self._dispatcher.queued(function_id):
+            return ""
+        if not self._cluster.workers:
+            return "no worker connected"
+        return self._unplaceable.get(function_id, "")
 
     async def reap(self) -> None:
         """Stop what lost its heartbeat: workers and their containers, ephemeral apps."""
@@ -280,11 +302,11 @@ class Scheduler:
                 log.warning(
                     "worker %s stopped heartbeating; its containers are lost", worker.worker_id
                 )
-                del self._cluster.workers[worker.worker_id]
+                self._cluster.forget_worker(worker.worker_id)
                 for container in self._cluster.containers_on(worker.worker_id):
                     await self.container_exited(
                         container.container_id,
-                        api_pb2.RESULT_STATUS_CONTAINER_DIED,
+                        api_pb2.RESULT_STATUS_HOST_LOST,
                         "the container's host stopped answering",
                         self._dispatcher.holds(container.container_id),
                     )

@@ -360,6 +360,39 @@ class CallStore:
                 .values(**values)
             )
 
+    async def requeue_lost(
+        self, input_ids: Iterable[str], available_at: float, max_losses: int
+    ) -> tuple[dict[str, int], list[str]]:
+        """Put leased inputs whose host failed under them back in the queue, their attempt not
+        counted and one more host loss noted, while they have been lost fewer than `max_losses`
+        times. Returns the requeued inputs with their losses so far, and those left leased
+        because they reached the bound (the caller fails them)."""
+        ids = list(input_ids)
+        if not ids:
+            return {}, []
+        i = schema.inputs.c
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                schema.inputs.update()
+                .where(i.id.in_(ids), i.state == schema.LEASED, i.host_losses < max_losses)
+                .values(
+                    state=schema.QUEUED,
+                    container_id=None,
+                    lease_expires_at=None,
+                    available_at=available_at,
+                    attempts=i.attempts - 1,
+                    host_losses=i.host_losses + 1,
+                )
+                .returning(i.id, i.host_losses)
+            )
+            requeued = {input_id: losses for input_id, losses in rows}
+            exhausted = await conn.execute(
+                sa.select(i.id).where(
+                    i.id.in_([x for x in ids if x not in requeued]), i.state == schema.LEASED
+                )
+            )
+            return requeued, list(exhausted.scalars())
+
     async def queued(self) -> list[QueuedInput]:
         """Every queued input, oldest first: the dispatcher's queues are rebuilt from this."""
         i = schema.inputs.c

@@ -56,7 +56,9 @@ def _has_work(
         # last positions are still queued and this stops at the first row it reads, where an
         # EXISTS walking the (call_id, idx) index upwards would pass every finished input first.
         sa.select(_i.idx)
-        .where(_i.call_id == _c.id, _i.state.in_([schema.QUEUED, schema.LEASED]))
+        # Two comparisons, not IN: an IN list is an expanding parameter, which `mark_finished`'s
+        # executemany cannot take.
+        .where(_i.call_id == _c.id, sa.or_(_i.state == schema.QUEUED, _i.state == schema.LEASED))
         .order_by(_i.idx.desc())
         .limit(1)
         .scalar_subquery()

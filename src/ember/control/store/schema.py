@@ -73,6 +73,8 @@ inputs = sa.Table(
     sa.Column("args_blob_id", sa.String),
     sa.Column("state", sa.String, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Runs lost because their host failed (not counted in `attempts`, but bounded).
+    sa.Column("host_losses", sa.Integer, nullable=False, server_default="0"),
     sa.Column("container_id", sa.String),
     sa.Column("lease_expires_at", sa.Float),
     sa.Column("available_at", sa.Float, nullable=False),

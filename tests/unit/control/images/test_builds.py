@@ -47,9 +47,12 @@ def packed(tree: Path, files: dict[str, bytes], chunks: LocalChunkStore) -> str:
 
 
 async def play_worker(
-    worker: LiveWorker, builds: ImageBuilds, tree: Path, chunks: LocalChunkStore
+    orders: asyncio.Queue[api_pb2.WorkerOrder],
+    builds: ImageBuilds,
+    tree: Path,
+    chunks: LocalChunkStore,
 ) -> None:
-    order = await worker.orders.get()
+    order = await orders.get()
     image_id = await asyncio.to_thread(packed, tree, {"shared": SHARED}, chunks)
     report = api_pb2.BuildReportRequest(
         build_id=order.build.build_id, done=True, image_id=image_id, size_bytes=1, files=1
@@ -64,12 +67,12 @@ async def test_a_deletion_running_while_an_image_builds_leaves_it_every_chunk(
     old = packed(tmp_path / "old", {"shared": SHARED, "own": b"only the old image's"}, chunks)
     await store.images.add(ImageRecord(old, "", "old", 1, 2, clock.now()), "key-of-old")
     cluster = Cluster()
-    worker = cluster.workers["wk-1"] = LiveWorker("wk-1", "host", 2.0, 1024, clock.now())
+    cluster.workers["wk-1"] = LiveWorker("wk-1", "host", 2.0, 1024, clock.now())
     builds = ImageBuilds(store, cluster, chunks, clock)
 
     deleting = asyncio.create_task(builds.delete(old, in_use=set()))
     await asyncio.to_thread(chunks.listing.wait, 10)  # the collection has begun
-    playing = asyncio.create_task(play_worker(worker, builds, tmp_path / "new", chunks))
+    playing = asyncio.create_task(play_worker(cluster.orders("wk-1"), builds, tmp_path / "new", chunks))
     step = api_pb2.ImageStep(kind="base", python_version="3.11")
     building = asyncio.create_task(_events(builds.build([step])))
     # Unchecked, the build ends here, its chunk found in the store and not stored again...

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from ember.control.queue.dispatcher import LEASE_S, Dispatcher
+from ember.control.queue.dispatcher import LEASE_S, MAX_HOST_LOSSES, Dispatcher
 from ember.control.store import NewInput, Store, schema
 from ember.proto import api_pb2
 
@@ -344,16 +344,16 @@ async def test_fail_queued_finishes_everything_waiting_for_a_function(
 async def test_leases_expire_only_after_lease_s_without_renewal(
     store, clock, dispatcher, add_function
 ) -> None:
-    function_id = await add_function()
+    function_id = await add_function()  # no retries: a lost lease must not need one
     await submit(store, dispatcher, function_id, 1)
     await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
     clock.advance(LEASE_S - 1)
     await dispatcher.expire_leases()
-    assert await statuses(store) == []
+    assert dispatcher.running(function_id) == 1
     clock.advance(2)
     await dispatcher.expire_leases()
-    assert await statuses(store) == [(0, api_pb2.RESULT_STATUS_CONTAINER_DIED)]
-    assert dispatcher.running(function_id) == 0
+    assert await statuses(store) == []  # not a failure: its host was lost
+    assert (dispatcher.running(function_id), dispatcher.queued(function_id)) == (0, 1)
 
 
 async def test_renewed_leases_do_not_expire(store, clock, dispatcher, function_id) -> None:
@@ -366,17 +366,69 @@ async def test_renewed_leases_do_not_expire(store, clock, dispatcher, function_i
     assert dispatcher.running(function_id) == 1
 
 
-async def test_expired_lease_with_retries_left_runs_again(
-    store, clock, dispatcher, function_id
+async def test_an_expired_lease_runs_again_at_once_without_using_a_retry(
+    store, clock, dispatcher, add_function
 ) -> None:
+    function_id = await add_function()  # no retries
     [item] = await submit(store, dispatcher, function_id, 1)
     await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
     clock.advance(LEASE_S + 1)
     await dispatcher.expire_leases()
-    clock.advance(1.0)
-    dispatcher.promote_delayed()
-    [again] = await dispatcher.take(function_id, "ta-2", want=1, wait_s=0)
-    assert (again.input_id, again.attempts) == (item, 2)
+    [again] = await dispatcher.take(function_id, "ta-2", want=1, wait_s=0)  # no backoff
+    assert (again.input_id, again.attempts) == (item, 1)  # the lost run is not counted
+
+
+async def test_an_input_lost_with_its_host_runs_again_whatever_the_retries(
+    store, dispatcher, add_function
+) -> None:
+    notices: list[tuple[str, str]] = []
+
+    async def notice(function_id: str, text: str) -> None:
+        notices.append((function_id, text))
+
+    dispatcher.on_notice = notice
+    function_id = await add_function()  # no retries
+    [item, waiting] = await submit(store, dispatcher, function_id, 2)
+    await dispatcher.take(function_id, "ta-1", want=2, wait_s=0)
+    host_lost = api_pb2.RESULT_STATUS_HOST_LOST
+    await dispatcher.container_exited("ta-1", host_lost, "the worker stopped", [item])
+    assert await statuses(store) == []
+    again = await dispatcher.take(function_id, "ta-2", want=2, wait_s=0)
+    assert sorted((i.input_id, i.attempts) for i in again) == [(item, 1), (waiting, 1)]
+    [(noticed_for, text)] = notices
+    assert noticed_for == function_id
+    assert "running on a host that failed (the worker stopped)" in text
+    assert "without counting against the function's retries (lost 1 of at most 5 times)" in text
+
+
+async def test_an_input_lost_with_its_host_too_often_fails(store, dispatcher, add_function) -> None:
+    function_id = await add_function(retries=RETRIES)
+    [item] = await submit(store, dispatcher, function_id, 1)
+    host_lost = api_pb2.RESULT_STATUS_HOST_LOST
+    for n in range(MAX_HOST_LOSSES + 1):
+        [leased] = await dispatcher.take(function_id, f"ta-{n}", want=1, wait_s=0)
+        assert leased.attempts == 1  # host losses never use up an attempt
+        await dispatcher.container_exited(f"ta-{n}", host_lost, "the worker stopped", [item])
+        if n < MAX_HOST_LOSSES:
+            assert await statuses(store) == []
+    assert await statuses(store) == [(0, host_lost)]
+    [output] = await store.calls.outputs_after(CALL, 0, 10)
+    text = api_pb2.Result.FromString(output.result).exception_text
+    assert text == (
+        f"the worker stopped; this input was lost with its host {MAX_HOST_LOSSES} times, "
+        "so it is not run again"
+    )
+
+
+async def test_a_generator_lost_with_its_host_is_not_run_again(
+    store, dispatcher, add_function
+) -> None:
+    function_id = await add_function(is_generator=True, retries=RETRIES)
+    [item] = await submit(store, dispatcher, function_id, 1)
+    await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
+    host_lost = api_pb2.RESULT_STATUS_HOST_LOST
+    await dispatcher.container_exited("ta-1", host_lost, "the worker stopped", [item])
+    assert await statuses(store) == [(0, host_lost)]
 
 
 # ---- cancellation

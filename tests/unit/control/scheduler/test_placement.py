@@ -54,4 +54,4 @@ def test_explain_says_how_many_fit_and_why_not() -> None:
 def test_explain_with_no_workers() -> None:
     placement = place(Request(1.0, 1024), [])
     assert placement.worker_id is None
-    assert placement.explain(0) == "0 of 0 workers fit"
+    assert placement.explain(0) == "no worker connected"

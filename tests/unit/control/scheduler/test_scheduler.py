@@ -8,7 +8,7 @@ import pytest
 from ember.control.clock import FakeClock
 from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
-from ember.control.scheduler.scheduler import Scheduler
+from ember.control.scheduler.scheduler import WORKER_TIMEOUT_S, Scheduler
 from ember.control.server import ControlPlane
 from ember.control.store import Container, NewInput, Store, schema
 from ember.proto import api_pb2
@@ -64,7 +64,7 @@ def add_running(world: World, container_id: str, function_id: str, cpu: float) -
 
 
 def orders(world: World) -> list[api_pb2.WorkerOrder]:
-    queue = world.cluster.workers["wk-1"].orders
+    queue = world.cluster.orders("wk-1")
     return [queue.get_nowait() for _ in range(queue.qsize())]
 
 
@@ -148,3 +148,26 @@ async def test_a_tick_after_a_restart_survives_containers_of_stopped_apps(tmp_pa
         await plane.scheduler.tick()
     finally:
         await plane.close()
+
+
+async def test_a_worker_given_up_then_back_gets_its_orders_on_the_stream_it_kept(
+    world: World, make_function
+) -> None:
+    """A worker silent past WORKER_TIMEOUT_S (stopped, not dead) is given up; when it answers
+    again it registers anew, its order stream still open: that stream must get the new orders
+    (before, they went to a queue nobody read, and the function waited for ever)."""
+    stream_queue = world.cluster.orders("wk-1")  # what the worker's open stream reads
+    function_id = await add_function(world, make_function, definition("f", cpu=0.5))
+    world.dispatcher.enqueue(await submit(world.store, function_id, "fc-" + "be" * 16))
+    await world.scheduler.tick()
+    assert [o.WhichOneof("order") for o in orders(world)] == ["start"]
+    world.clock.advance(WORKER_TIMEOUT_S + 1)
+    await world.scheduler.reap()
+    assert "wk-1" not in world.cluster.workers
+    assert world.scheduler.waiting_reason(function_id) == "no worker connected"
+    world.cluster.workers["wk-1"] = LiveWorker("wk-1", "host-a", 1.0, 1024, world.clock.now())
+    await world.scheduler.tick()
+    assert world.cluster.orders("wk-1") is stream_queue
+    [order] = orders(world)
+    assert order.start.function_id == function_id
+    assert world.scheduler.waiting_reason(function_id) == ""

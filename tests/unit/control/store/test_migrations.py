@@ -95,6 +95,7 @@ async def test_first_open_runs_every_migration_and_second_open_runs_none(
         "0002",
         "0003",
         "0004",
+        "0005",
     ]
     assert second == []
 
