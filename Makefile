@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROTO_OUT := src/ember/proto/api_pb2.py
-DEBIAN_PACKAGES := runc debootstrap fuse3 libfuse3-dev pkg-config erofs-utils iproute2 docker-registry python3-venv python3-dev
+DEBIAN_PACKAGES := runc debootstrap fuse3 libfuse3-dev pkg-config erofs-utils e2fsprogs util-linux iproute2 docker-registry python3-venv python3-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: setup system-packages proto demo test test-unit test-e2e bench lint clean
