@@ -118,6 +118,22 @@ def test_a_map_finishes_exactly_once_whatever_was_killed(
         assert after.control_pid not in (0, before.control_pid)
 
 
+def test_a_map_finishes_exactly_once_when_the_supervisor_itself_is_killed(healing: Any) -> None:
+    """The supervisor's children stop with it; the map's client, finding no control plane,
+    starts the local cluster again on the same address and carries on."""
+    before = local_cluster.running()
+    assert before is not None
+
+    def kill_supervisor() -> None:
+        os.kill(before.supervisor_pid, signal.SIGKILL)
+
+    _exactly_once(_map_through(healing.square, kill_supervisor))
+    after = local_cluster.running()
+    assert after is not None
+    assert after.supervisor_pid != before.supervisor_pid
+    assert after.address == before.address
+
+
 def test_a_caller_is_told_while_no_worker_is_connected(healing: Any) -> None:
     """The worker stops answering (SIGSTOP): once the control plane gives it up, a caller's
     terminal says why its call waits, and the call finishes when the worker is back."""

@@ -12,4 +12,14 @@ def server_address() -> str:
     return config.server_url() or local_cluster.ensure_running().address
 
 
-__all__ = ["Connection", "local_cluster", "server_address"]
+def connect(address: str) -> Connection:
+    """A connection to `address`, as `server_address` found it (made on the event loop that
+    will use it). To the local cluster, it starts the cluster again should it go while the
+    connection waits for it."""
+    connection = Connection(address)
+    if not config.server_url():
+        connection.revive = local_cluster.ensure_running
+    return connection
+
+
+__all__ = ["Connection", "connect", "local_cluster", "server_address"]

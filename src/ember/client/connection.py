@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 120.0
+# While the control plane stays unreachable this long, `revive` is called (again every
+# REVIVE_EVERY_S): the local cluster's supervisor may be what died.
+REVIVE_AFTER_S = 3.0
+REVIVE_EVERY_S = 10.0
 MAX_MESSAGE_BYTES = 256 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -69,6 +73,10 @@ class Connection:
         # Told, with a reason in words, when a request waits for the control plane to answer
         # again (the SDK shows it to the caller).
         self.on_waiting: Callable[[str], None] = lambda _reason: None
+        # Called (in a thread) while the control plane stays unreachable: starts the local
+        # cluster again if it is gone (`ember.client.connect`); None for a configured server.
+        self.revive: Callable[[], object] | None = None
+        self._revived_at = float("-inf")
 
     @property
     def calls(self) -> CallStream:
@@ -91,7 +99,8 @@ class Connection:
         """Await `attempt()`, again while the control plane is unreachable (the attempt must be
         safe to repeat); a gRPC error becomes the matching ember error."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + RECONNECT_S
+        began = loop.time()
+        give_up_at = began + RECONNECT_S
         delay = 0.05
         while True:
             try:
@@ -106,8 +115,21 @@ class Connection:
                     raise error_from_rpc(error) from None
             log.debug("control plane unavailable; retrying in %.2fs", delay)
             self.on_waiting(f"cannot reach the ember control plane at {self.url}; trying again")
+            await self._revive_if_long(loop.time() - began)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _revive_if_long(self, unreachable_s: float) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.revive is None or unreachable_s < REVIVE_AFTER_S:
+            return
+        if now - self._revived_at < REVIVE_EVERY_S:
+            return
+        self._revived_at = now
+        try:
+            await asyncio.to_thread(self.revive)
+        except Exception as error:  # the requests go on failing, and say why
+            log.warning("could not start the local cluster again: %s", error)
 
     async def close(self) -> None:
         if self._calls is not None:

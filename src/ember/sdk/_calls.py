@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from ember import errors
-from ember.client import Connection, server_address
+from ember.client import Connection, connect, server_address
 from ember.client.blobs import from_payload, to_payload
 from ember.proto import api_pb2
 from ember.sdk.serialization import deserialize, serialize
@@ -33,7 +33,7 @@ async def connection() -> Connection:
             from ember.sdk.output import note_waiting
 
             # Starting the local cluster may take a while; keep the loop free meanwhile.
-            _connection = Connection(await asyncio.to_thread(server_address))
+            _connection = connect(await asyncio.to_thread(server_address))
             _connection.on_waiting = note_waiting
         return _connection
 
