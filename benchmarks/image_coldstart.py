@@ -38,9 +38,15 @@ Figures (10 samples each; fewer with --quick; p50 and p99):
    directory never used before (see FreshDirectories), the daemon started again the way the worker
    starts it (a new host's daemon runs before any container does; its own start is reported
    apart), and the page cache dropped. The first start of the fresh image records what it read
-   and is reported alone; the samples after it prefetch that recording.
+   and is reported alone; the samples after it prefetch that recording. A new host has no
+   standby container of the image, so these run on a worker started with
+   `EMBER_STANDBY_CONTAINERS=0` (with standbys on, none could serve either: a standby on the
+   stopped daemon's layers is unusable; but the worker would start one after each sample, and
+   remove the stale one seconds later, during the next sample or full pull).
 2. Warm host: the same, but the cache and the page cache stay (a new container on a host that
-   ran the image).
+   ran the image); taken twice, on a worker with standbys off (no standby: fresh runc) and on
+   (standby: the worker's default, which starts one after each container's first input, so the
+   next start of the same image and limits takes a running interpreter).
 3. Full pull, the baseline: the manifest and every chunk fetched over the same link (32 in flight,
    as a good puller would; the same client as the daemon's), checked, decompressed and written
    into a local tree in a directory never used before (modes, owners and mtimes too: a .pyc is
@@ -50,6 +56,7 @@ Figures (10 samples each; fewer with --quick; p50 and p99):
    local tree, page cache warm, to the printed result (the first byte in the container's stdout
    log, polled every 2 ms): torch's teardown at exit alone takes ~0.6 s, and a function's
    container returns its result long before it exits. The time to exit is reported beside it.
+   Each warm-host row is held to the floor runs taken with its own samples.
 5. Bytes a lazy cold start fetches (uncompressed, the daemon's counters) and their share of the
    image (the sum of its file sizes); the time to build image T again with nothing changed (every
    step a cache hit), beside its first build.
@@ -60,12 +67,20 @@ Figures (10 samples each; fewer with --quick; p50 and p99):
    reads the package STEADY_PASSES times, and its figure is the median of the passes after the
    first (a pass takes ~0.2 s, as long as a noisy neighbour's burst: one pass alone swings by
    10-20%).
-7. Small image: a no-op on `Image.debian_slim()`, scaled to zero on a warm host, to the result;
-   the baseline is `runc run` of `python3 -c pass` on the plain base tree.
+7. Small image: a no-op on `Image.debian_slim()`, scaled to zero on a warm host, to the result,
+   with standbys off and on; the baseline is `runc run` of `python3 -c pass` on the plain base
+   tree.
 
 Each ember measurement and its baseline are taken in turn, sample by sample (an empty-host start
-then a full pull, a warm-host start then a floor run, ...), so that other work on the machine
-weighs on both alike.
+then a full pull; a floor run then a warm-host start, the floor first on a quiet cluster because
+right after a sample the worker starts a standby; ...), so that other work on the machine weighs
+on both alike. Each such pair is one step for the load guard (`common.guarded`): a pair
+during which other work used more than the threshold is taken again, and rows whose pairs stayed
+loaded say so. The first start ever happens once: it is flagged, never taken again.
+
+Every timed function returns its container's hostname, so each sample is counted by what served
+it (`sb-…` a standby, `ta-…` a container started for it); a sample that was not what its row
+claims is left out of the row and counted in its name.
 
 Where the time of a cold start goes is told by a probe function on the same image (`torch_probe`:
 clock at its first line, after `import torch`, at the end), by the daemon's counters polled every
@@ -92,6 +107,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -109,18 +125,28 @@ from typing import Any
 from benchmarks.common import (
     APPS_DIR,
     BENCH_DIR,
+    FRESH,
+    LOAD_POLICY,
+    SERVED_LABEL,
+    STANDBY,
     BenchTimeout,
     Figure,
+    LoadPolicy,
+    LoadTally,
     Outcome,
     cluster_stub,
     deadline_loop,
+    flag_figures,
+    guarded,
     load_app,
     log,
     percentile,
     process_cpu_s,
+    served_by,
     summary_ms,
     time_limit,
     wait_for_containers,
+    wait_until_quiet,
 )
 
 TORCH = "torch==2.13.0"
@@ -165,6 +191,13 @@ REBUILD_MS = 1000.0
 STEADY_SHARE = 0.90
 SMALL_P50_MS = 100.0
 
+# The groups of steps the load guard counts, each feeding its figures.
+FIRST = "first start ever"
+EMPTY = "empty host and full pull"
+REBUILD = "unchanged rebuild"
+STEADY = "steady reads"
+PREPARES = "prepare and runc on imagefs layers"
+
 
 def available() -> str:
     """Empty if this machine can run the benchmark, else why not."""
@@ -201,6 +234,8 @@ def run(samples: int, limit_s: float, work_dir: Path) -> Outcome:
         f"--limit={limit_s}",
         f"--work-dir={work_dir}",
         f"--netns={netns}",
+        f"--load-threshold={LOAD_POLICY.threshold}",
+        f"--reruns={LOAD_POLICY.reruns}",
     ]
     # stderr is ours: the build's output and the progress lines show as they come.
     process = subprocess.Popen(
@@ -601,6 +636,26 @@ class Fetched:
 
 
 @dataclass
+class Warm:
+    """The samples of one standby setting on a warm host, with the floor run after each."""
+
+    seconds: list[float] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
+    fetched: list[Fetched] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)  # to the printed result
+    floor_exit: list[float] = field(default_factory=list)
+    probes: list[tuple[float, float, float]] = field(default_factory=list)
+    probes_served: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Small:
+    seconds: list[float] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+
+@dataclass
 class Measured:
     """Every number the figures come from; None or empty where a step did not get that far."""
 
@@ -614,20 +669,22 @@ class Measured:
     index_load_s: float | None = None  # loading image T's content index from the store
     first_ever_s: float | None = None
     first_ever_fetched: Fetched | None = None
+    first_ever_served: str = ""
     recorded_objects: int = 0  # small files in the recording
     recorded_pieces: int = 0  # pieces of large files in it
     recorded_piece_bytes: int = 0
     daemon_start: list[float] = field(default_factory=list)
     empty: list[float] = field(default_factory=list)
+    empty_served: list[str] = field(default_factory=list)
     empty_fetched: list[Fetched] = field(default_factory=list)
-    warm: list[float] = field(default_factory=list)
-    warm_fetched: list[Fetched] = field(default_factory=list)
+    # By standby setting: True, the worker's default; False, EMBER_STANDBY_CONTAINERS=0.
+    warm: dict[bool, Warm] = field(default_factory=lambda: {True: Warm(), False: Warm()})
+    small: dict[bool, Small] = field(default_factory=lambda: {True: Small(), False: Small()})
     probe_empty: list[tuple[float, float, float]] = field(default_factory=list)
-    probe_warm: list[tuple[float, float, float]] = field(default_factory=list)
+    probe_empty_served: list[str] = field(default_factory=list)
     steady_imagefs: list[dict] = field(default_factory=list)
     steady_local: list[dict] = field(default_factory=list)
     steady_warm_up: tuple[dict, dict] | None = None  # (imagefs, local): the untimed sample
-    small_warm: list[float] = field(default_factory=list)
     small_image_id: str = ""
     prepare_t: list[float] = field(default_factory=list)  # the daemon's `prepare`, warm host
     prepare_small: list[float] = field(default_factory=list)
@@ -637,9 +694,20 @@ class Measured:
     pull_fetch: list[float] = field(default_factory=list)
     pull_run: list[float] = field(default_factory=list)
     pull_wire_bytes: int = 0
-    floor: list[float] = field(default_factory=list)  # to the printed result
-    floor_exit: list[float] = field(default_factory=list)
-    small_floor: list[float] = field(default_factory=list)
+    # Other work, by the group of figures its steps feed (see `common.guarded`).
+    tallies: dict[str, LoadTally] = field(default_factory=dict)
+
+    def tally(self, group: str) -> LoadTally:
+        return self.tallies.setdefault(group, LoadTally())
+
+    @property
+    def floor(self) -> list[float]:
+        """Every floor run on the local tree, both standby settings'."""
+        return self.warm[True].floor + self.warm[False].floor
+
+    @property
+    def floor_exit(self) -> list[float]:
+        return self.warm[True].floor_exit + self.warm[False].floor_exit
 
 
 def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measured) -> None:
@@ -648,8 +716,8 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
     from ember.imagefs import manifest
     from ember.imagefs.store import open_store
 
-    phase_s = limit_s / 8  # each sampling loop's share of the time limit
-    cold_s = limit_s / 3  # empty-host starts and full pulls in turn: the slowest loop
+    phase_s = limit_s / 10  # each sampling loop's share of the time limit
+    cold_s = limit_s / 4  # empty-host starts and full pulls in turn: the slowest loop
     wheel = torch_wheel(work_dir / "wheel")
     log(f"  torch wheel: {wheel.name} ({wheel.stat().st_size / MB:.0f} MB)")
     with shaped_link(netns) as link, s3_server(link, work_dir / "s3.log") as store_url:
@@ -672,11 +740,31 @@ def measure(samples: int, limit_s: float, work_dir: Path, netns: str, got: Measu
             local = Local(work_dir / "runc", work_dir / "pulled" / "tree", base.env)
             with module.app.run():  # type: ignore[attr-defined]
                 _first_ever(module, store, store_url, disks, got)
+                # A new host has no standby of the image: the empty-host starts, and the
+                # warm-host and small-image starts without standbys, run on a worker that
+                # keeps none; then the worker's default, standbys on, for the same again.
+                set_standbys(False)
                 _cold(module, store, store_url, disks, local, samples, cold_s, got)
-                _warm(module, local, samples, phase_s, got)
+                _warm(module, local, samples, phase_s, False, got)
+                _small(module, base, samples, phase_s, False, got)
+                set_standbys(True)
+                _small(module, base, samples, phase_s, True, got)
+                _warm(module, local, samples, phase_s, True, got)
                 _steady(module, local, got)
-                _small(module, base, samples, phase_s, got)
                 _prepares(work_dir / "runc", samples, got)
+
+
+def set_standbys(on: bool) -> None:
+    """Start the cluster's worker again with its standby containers on or off."""
+    from ember.client import local_cluster
+
+    wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
+    if on:
+        os.environ.pop("EMBER_STANDBY_CONTAINERS", None)
+    else:
+        os.environ["EMBER_STANDBY_CONTAINERS"] = "0"
+    local_cluster.restart_worker()
+    log(f"  worker started again with standbys {'on' if on else 'off'}")
 
 
 def torch_wheel(directory: Path) -> Path:
@@ -716,12 +804,16 @@ def _build(image: Any, wheel: Path, store: Any, samples: int, got: Measured) -> 
     got.image_id = _sdk(image._build, show)
     got.first_build_s = time.perf_counter() - started
     log(f"  first build: {got.first_build_s:.1f} s")
-    for _ in range(samples):
+
+    def rebuild() -> float:
         started = time.perf_counter()
         again = _sdk(image._build, None)
-        got.rebuild.append(time.perf_counter() - started)
         if again != got.image_id:
             raise RuntimeError(f"an unchanged rebuild made another image: {again}")
+        return time.perf_counter() - started
+
+    for number in range(samples):
+        got.rebuild.append(got.tally(REBUILD).add(guarded(f"rebuild {number + 1}", rebuild)))
     log(f"  unchanged rebuild: {summary_ms(got.rebuild)}")
     started = time.perf_counter()
     manifest.load(store, got.image_id)
@@ -737,9 +829,11 @@ def _call(function: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
-def _check_sum(value: object) -> None:
-    if value != 2.0:
-        raise RuntimeError(f"torch_sum returned {value!r}, not 2.0")
+def _check_sum(value: object) -> str:
+    """The hostname torch_sum returned with its sum, once the sum is checked."""
+    if not isinstance(value, list | tuple) or len(value) != 2 or value[0] != 2.0:
+        raise RuntimeError(f"torch_sum returned {value!r}, not (2.0, its hostname)")
+    return str(value[1])
 
 
 @dataclass(frozen=True)
@@ -756,10 +850,17 @@ def _first_ever(
     module: Any, store: Any, store_url: str, disks: FreshDirectories, got: Measured
 ) -> None:
     """The fresh image's first start, on an empty host: it fetches what it reads, and the worker
-    records that for later starts."""
+    records that for later starts. It happens once: other work during it is flagged, not
+    taken again."""
     from ember.imagefs import manifest
 
-    got.first_ever_s, got.first_ever_fetched = _empty_sample(module, store_url, disks, got)
+    tried = guarded(
+        "first start ever",
+        lambda: _empty_sample(module, store_url, disks, got),
+        LoadPolicy(LOAD_POLICY.threshold, reruns=0),
+    )
+    got.tally(FIRST).add(tried)
+    got.first_ever_s, got.first_ever_fetched, got.first_ever_served = tried.value
     log(
         f"  first start ever: {got.first_ever_s * 1000:.0f} ms, {_fetch_text(got.first_ever_fetched)}"
     )
@@ -782,31 +883,43 @@ def _cold(
 ) -> None:
     """Cold starts on an empty host (they prefetch the recording) and full pulls, taken in
     turn so that other work on the machine weighs on both alike; then the probes."""
+
+    def pair(number: int) -> tuple[tuple[float, Fetched, str], tuple[float, float, float]]:
+        sample = _empty_sample(module, store_url, disks, got)
+        log(f"  empty host: {sample[0] * 1000:.0f} ms, {_fetch_text(sample[1])}")
+        wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)  # the sample's container gone
+        wait_until_quiet()
+        return sample, _full_pull(store, disks, local, number, got)
+
     for i in deadline_loop(samples, phase_s):
-        seconds, fetched = _empty_sample(module, store_url, disks, got)
+        tried = guarded(f"empty host and full pull {i + 1}", lambda i=i: pair(i))
+        (seconds, fetched, served), (total, fetch, ran) = got.tally(EMPTY).add(tried)
         got.empty.append(seconds)
         got.empty_fetched.append(fetched)
-        log(f"  empty host: {seconds * 1000:.0f} ms, {_fetch_text(fetched)}")
-        wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)  # the sample's container gone
-        _full_pull(store, disks, local, i, got)
+        got.empty_served.append(served)
+        got.pull_total.append(total)
+        got.pull_fetch.append(fetch)
+        got.pull_run.append(ran)
     for _ in deadline_loop(min(PROBES, samples), phase_s / 2):
         wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
         empty_host(store_url, disks)
-        got.probe_empty.append(_probe(module))
+        probe, served = _probe(module)
+        got.probe_empty.append(probe)
+        got.probe_empty_served.append(served)
 
 
 def _empty_sample(
     module: Any, store_url: str, disks: FreshDirectories, got: Measured
-) -> tuple[float, Fetched]:
-    """One call of torch_sum at zero containers on an emptied host, and what it fetched."""
+) -> tuple[float, Fetched, str]:
+    """One call of torch_sum at zero containers on an emptied host: its time, what it fetched
+    and what served it."""
     wait_for_containers(cluster_stub(), 0, ZERO_TIMEOUT_S)
     got.daemon_start.append(empty_host(store_url, disks))
     with FetchWatch() as watch:
         started = time.perf_counter()
         seconds, value = _call(module.torch_sum)
         watch.settle()
-    _check_sum(value)
-    return seconds, watch.fetched(started)
+    return seconds, watch.fetched(started), served_by(_check_sum(value))
 
 
 def _wait_for_reads(store: Any, image_id: str, reads_key: Callable[[str], str]) -> list[dict]:
@@ -834,38 +947,66 @@ def _fetch_text(fetched: Fetched) -> str:
     )
 
 
-def _probe(module: Any) -> tuple[float, float, float]:
-    """torch_probe's split of one start: to its first line, the import, the rest (seconds)."""
+def _probe(module: Any) -> tuple[tuple[float, float, float], str]:
+    """torch_probe's split of one start: to its first line, the import, the rest (seconds);
+    and what served it."""
     started = time.time()
-    first_line, imported, _ = module.torch_probe.remote()
+    first_line, imported, _, hostname = module.torch_probe.remote()
     done = time.time()
-    return first_line - started, imported - first_line, done - imported
+    return (first_line - started, imported - first_line, done - imported), served_by(hostname)
 
 
-def _warm(module: Any, local: Local, samples: int, phase_s: float, got: Measured) -> None:
+def _warm(
+    module: Any, local: Local, samples: int, phase_s: float, standby: bool, got: Measured
+) -> None:
     """New containers on a host whose cache holds the image, and the floor on the local tree,
-    in turn; one untimed run of each first (the full pulls dropped the page cache)."""
+    in turn, on a worker with standbys on or off; one untimed run of each first (the full
+    pulls dropped the page cache; with standbys on, it leaves a standby behind)."""
     stub = cluster_stub()
+    into = got.warm[standby]
     os.sync()  # the pulled tree's writeback is not the floor's to pay
     wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
     _check_sum(module.torch_sum.remote())
-    _floor(local, "warm-up")
-    for i in deadline_loop(samples, phase_s):
+    _floor(local, f"warm-up-{int(standby)}")
+
+    def pair(number: int) -> tuple[float, str, Fetched, RuncRun]:
+        # The floor first, on a quiet cluster: right after a sample the worker starts a standby.
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
+        wait_until_quiet()
+        ran = _floor(local, f"{int(standby)}-{number}")
         with FetchWatch() as watch:
             started = time.perf_counter()
             seconds, value = _call(module.torch_sum)
-        _check_sum(value)
-        got.warm.append(seconds)
-        got.warm_fetched.append(watch.fetched(started))
-        ran = _floor(local, str(i))
-        got.floor.append(ran.to_output_s)
-        got.floor_exit.append(ran.to_exit_s)
-    log(f"  warm host: {summary_ms(got.warm)}")
-    log(f"  runc floor on image T's local tree, to its output: {summary_ms(got.floor)}")
+        served = served_by(_check_sum(value))
+        return seconds, served, watch.fetched(started), ran
+
+    label = _setting(standby)
+    for i in deadline_loop(samples, phase_s):
+        tried = guarded(f"warm host ({label}) and floor {i + 1}", lambda i=i: pair(i))
+        seconds, served, fetched, ran = got.tally(f"warm host ({label})").add(tried)
+        into.seconds.append(seconds)
+        into.served.append(served)
+        into.fetched.append(fetched)
+        into.floor.append(ran.to_output_s)
+        into.floor_exit.append(ran.to_exit_s)
+    log(f"  warm host ({label}): {summary_ms(into.seconds)}; served: {_served_text(into.served)}")
+    log(f"  runc floor on image T's local tree, to its output: {summary_ms(into.floor)}")
     for _ in deadline_loop(min(PROBES, samples), phase_s / 2):
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
-        got.probe_warm.append(_probe(module))
+        probe, served = _probe(module)
+        into.probes.append(probe)
+        into.probes_served.append(served)
+
+
+def _setting(standby: bool) -> str:
+    return SERVED_LABEL[STANDBY if standby else FRESH]
+
+
+def _served_text(served: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for kind in served:
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{count} {SERVED_LABEL.get(kind, kind)}" for kind, count in counts.items())
 
 
 def _floor(local: Local, name: str) -> RuncRun:
@@ -883,24 +1024,26 @@ def _steady(module: Any, local: Local, got: Measured) -> None:
     reader = ["python3", "/app/tree_reader.py", "torch", str(STEADY_PASSES)]
     mounts = (BindMount(APPS_DIR, "/app", readonly=True),)
 
-    def through_imagefs() -> None:
-        got.steady_imagefs.append(module.read_torch.remote(STEADY_PASSES))
+    def through_imagefs() -> dict:
+        return module.read_torch.remote(STEADY_PASSES)
 
-    def from_local(name: str) -> None:
+    def from_local(name: str) -> dict:
         ran = runc_run(local, f"bench-reads-{name}", reader, mounts)
-        got.steady_local.append(json.loads(ran.output.strip().splitlines()[-1]))
+        return json.loads(ran.output.strip().splitlines()[-1])
 
-    through_imagefs()
-    from_local("warm-up")
-    got.steady_warm_up = (got.steady_imagefs.pop(), got.steady_local.pop())
+    def pair(i: int) -> tuple[dict, dict]:
+        if i % 2:
+            theirs = from_local(str(i))
+            return through_imagefs(), theirs
+        ours = through_imagefs()
+        return ours, from_local(str(i))
+
+    got.steady_warm_up = (through_imagefs(), from_local("warm-up"))
     wait_for_quiet_daemon()
     for i in range(STEADY_SAMPLES):
-        if i % 2:
-            from_local(str(i))
-            through_imagefs()
-        else:
-            through_imagefs()
-            from_local(str(i))
+        ours, theirs = got.tally(STEADY).add(guarded(f"steady reads {i + 1}", lambda i=i: pair(i)))
+        got.steady_imagefs.append(ours)
+        got.steady_local.append(theirs)
     log(f"  reads of torch through imagefs: {_steady_text(got.steady_imagefs)}")
     log(f"  reads of torch from the local tree: {_steady_text(got.steady_local)}")
 
@@ -934,21 +1077,34 @@ def _steady_seconds(result: dict) -> float:
     return statistics.median(result["seconds"][1:])
 
 
-def _small(module: Any, base: Local, samples: int, phase_s: float, got: Measured) -> None:
+def _small(
+    module: Any, base: Local, samples: int, phase_s: float, standby: bool, got: Measured
+) -> None:
     """The no-op on the base image, scaled to zero on a host that has run it once, and `python3
-    -c pass` on the base image's local tree, in turn."""
+    -c pass` on the base image's local tree, in turn, on a worker with standbys on or off."""
     stub = cluster_stub()
+    into = got.small[standby]
     wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
-    module.small_noop.remote()  # untimed: the host's first start of the image
-    runc_run(base, "bench-small-warm-up", ["python3", "-c", "pass"])
-    for i in deadline_loop(samples, phase_s):
+    module.small_noop.remote()  # untimed: the host's first start of the image (or the worker's)
+    runc_run(base, f"bench-small-warm-up-{int(standby)}", ["python3", "-c", "pass"])
+
+    def pair(number: int) -> tuple[float, str, float]:
+        # The floor first, on a quiet cluster: right after a sample the worker starts a standby.
         wait_for_containers(stub, 0, ZERO_TIMEOUT_S)
-        got.small_warm.append(_call(module.small_noop)[0])
-        got.small_floor.append(
-            runc_run(base, f"bench-small-{i}", ["python3", "-c", "pass"]).to_exit_s
-        )
-    log(f"  small image, warm host: {summary_ms(got.small_warm)}")
-    log(f"  runc floor on the base image's tree (python3 -c pass): {summary_ms(got.small_floor)}")
+        wait_until_quiet()
+        floor = runc_run(base, f"bench-small-{int(standby)}-{number}", ["python3", "-c", "pass"])
+        seconds, hostname = _call(module.small_noop)
+        return seconds, served_by(str(hostname)), floor.to_exit_s
+
+    label = _setting(standby)
+    for i in deadline_loop(samples, phase_s):
+        tried = guarded(f"small image ({label}) and floor {i + 1}", lambda i=i: pair(i))
+        seconds, served, floor = got.tally(f"small image ({label})").add(tried)
+        into.seconds.append(seconds)
+        into.served.append(served)
+        into.floor.append(floor)
+    log(f"  small image ({label}): {summary_ms(into.seconds)}; served: {_served_text(into.served)}")
+    log(f"  runc floor on the base image's tree (python3 -c pass): {summary_ms(into.floor)}")
 
 
 def _prepares(state_dir: Path, samples: int, got: Measured) -> None:
@@ -965,17 +1121,25 @@ def _prepares(state_dir: Path, samples: int, got: Measured) -> None:
         (got.small_image_id, got.prepare_small, got.imagefs_small, ["python3", "-c", "pass"]),
     )
     for image_id, prepares, floors, args in runs:
-        for i in range(samples + 1):
+
+        def one(i: int, image_id: str = image_id, args: list[str] = args) -> tuple[float, float]:
             started = time.perf_counter()
             prepared = asyncio.run(client.prepare(image_id))
-            prepares.append(time.perf_counter() - started)
+            prepare_s = time.perf_counter() - started
             env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
             layers = Local(
                 state_dir, prepared.metadata, env | prepared.config.env, prepared.data_layers
             )
             ran = runc_run(layers, f"bench-layers-{image_id[3:11]}-{i}", args)
-            if i:  # the first of each is a warm-up
-                floors.append(ran.to_output_s)
+            return prepare_s, ran.to_output_s
+
+        one(0)  # a warm-up
+        for i in range(1, samples + 1):
+            prepare_s, floor_s = got.tally(PREPARES).add(
+                guarded(f"prepare and runc on imagefs layers {i}", lambda i=i, one=one: one(i))
+            )
+            prepares.append(prepare_s)
+            floors.append(floor_s)
     log(f"  the daemon's prepare, warm host: image T {summary_ms(got.prepare_t)}")
     log(f"  the daemon's prepare, warm host: small image {summary_ms(got.prepare_small)}")
     log(f"  runc floor on image T's imagefs layers: {summary_ms(got.imagefs_floor)}")
@@ -987,9 +1151,9 @@ def _prepares(state_dir: Path, samples: int, got: Measured) -> None:
 
 def _full_pull(
     store: Any, disks: FreshDirectories, local: Local, number: int, got: Measured
-) -> None:
+) -> tuple[float, float, float]:
     """Pull the whole image into a fresh local tree and run the function's code on it, page
-    cache dropped first; the last tree stays for the floors."""
+    cache dropped first; the last tree stays for the floors. (total, to the tree, the run)"""
     from ember.imagefs import manifest
 
     disks.renew(local.root.parent)
@@ -998,14 +1162,12 @@ def _full_pull(
     pulled = manifest.load(store, got.image_id)  # a puller starts from the manifest too
     got.pull_wire_bytes = materialize(store, pulled, local.root)
     fetched = time.perf_counter()
-    ran = _floor(local, f"pull-{number}")
-    got.pull_total.append(fetched - started + ran.to_output_s)
-    got.pull_fetch.append(fetched - started)
-    got.pull_run.append(ran.to_output_s)
+    ran = _floor(local, f"pull-{number}-{secrets.token_hex(2)}")
     log(
         f"  full pull: {(fetched - started) * 1000:.0f} ms to the tree "
         f"({got.pull_wire_bytes / MB:.0f} MB on the wire), {ran.to_output_s * 1000:.0f} ms to run"
     )
+    return fetched - started + ran.to_output_s, fetched - started, ran.to_output_s
 
 
 def materialize(store: Any, loaded: Any, tree: Path) -> int:
@@ -1123,71 +1285,127 @@ def figures(got: Measured) -> tuple[list[Figure], list[str]]:
     """The table's figures and the details, from whatever was measured."""
     out: list[Figure] = []
     floor, pull = _ms(got.floor), _ms(got.pull_total)
+
+    def group(figures: list[Figure], *tallies: str) -> list[Figure]:
+        tally = LoadTally()
+        for name in tallies:
+            tally.extend(got.tally(name))
+        flag_figures(figures, tally)
+        out.extend(figures)
+        return figures
+
     if got.first_ever_s is not None:
-        out.append(
-            Figure(
-                "image T cold start, empty host, first ever (records reads)",
-                got.first_ever_s * 1000,
-                "ms",
-                baseline=pull.get(50),
-                baseline_name="full pull p50",
-            )
+        served = got.first_ever_served
+        figure = Figure(
+            f"image T cold start, empty host, first ever (no prefetch: records its reads; "
+            f"{_label(served)})",
+            got.first_ever_s * 1000,
+            "ms",
+            baseline=pull.get(50),
+            baseline_name="full pull p50",
         )
+        group([figure], FIRST, EMPTY)
     limit = None
     if 50 in floor and 50 in pull:
         limit = min(floor[50] + EMPTY_OVER_FLOOR_MS, pull[50] * EMPTY_VS_PULL)
     target = f"<= floor + {EMPTY_OVER_FLOOR_MS:g} ms and <= full pull x {EMPTY_VS_PULL:g}"
-    name = "image T cold start, empty host, to result"
-    _percentiles(out, name, _ms(got.empty), pull, "full pull", target, limit)
-    limit = floor[50] + WARM_OVER_FLOOR_MS if 50 in floor else None
-    target = f"<= floor + {WARM_OVER_FLOOR_MS:g} ms"
-    name = "image T cold start, warm host, to result"
-    _percentiles(out, name, _ms(got.warm), floor, "runc floor", target, limit)
-    _percentiles(out, "image T full pull + runc run", pull, floor, "runc floor")
-    _percentiles(out, "image T runc floor (local tree, warm)", floor, {}, "")
+    empty, note = _served(got.empty, got.empty_served, FRESH)
+    name = (
+        f"image T cold start, empty host ({SERVED_LABEL[FRESH]}; prefetches the first start's "
+        f"reads), to result"
+    )
+    rows: list[Figure] = []
+    _percentiles(rows, name, _ms(empty), pull, "full pull", target, limit, note)
+    group(rows, EMPTY)
+    for standby in (True, False):
+        warm = got.warm[standby]
+        kind = STANDBY if standby else FRESH
+        values, note = _served(warm.seconds, warm.served, kind)
+        own_floor = _ms(warm.floor)
+        limit = own_floor[50] + WARM_OVER_FLOOR_MS if 50 in own_floor else None
+        rows = []
+        _percentiles(
+            rows,
+            f"image T cold start, warm host ({SERVED_LABEL[kind]}), to result",
+            _ms(values),
+            own_floor,
+            "runc floor",
+            f"<= floor + {WARM_OVER_FLOOR_MS:g} ms",
+            limit,
+            note,
+        )
+        group(rows, f"warm host ({_setting(standby)})")
+    rows = []
+    _percentiles(rows, "image T full pull + runc run", pull, floor, "runc floor")
+    warm_groups = [f"warm host ({_setting(standby)})" for standby in (True, False)]
+    group(rows, EMPTY, *warm_groups)
+    rows = []
+    _percentiles(rows, "image T runc floor (local tree, warm)", floor, {}, "")
+    group(rows, *warm_groups)
     if got.empty_fetched and got.image_bytes:
         fetched_mb = percentile([f.bytes for f in got.empty_fetched], 50) / MB
-        out.append(
-            Figure(
-                "image T bytes fetched by an empty-host cold start p50",
-                fetched_mb,
-                "MB",
-                baseline=got.image_bytes / MB,
-                baseline_name="image size",
-                target=f"<= {FETCHED_SHARE:.0%} of the image",
-                met=fetched_mb * MB <= FETCHED_SHARE * got.image_bytes,
-            )
+        figure = Figure(
+            "image T bytes fetched by an empty-host cold start p50",
+            fetched_mb,
+            "MB",
+            baseline=got.image_bytes / MB,
+            baseline_name="image size",
+            target=f"<= {FETCHED_SHARE:.0%} of the image",
+            met=fetched_mb * MB <= FETCHED_SHARE * got.image_bytes,
         )
+        group([figure], EMPTY)
     if got.rebuild:
         rebuild = percentile(got.rebuild, 50) * 1000
-        out.append(
-            Figure(
-                "image T unchanged rebuild p50",
-                rebuild,
-                "ms",
-                baseline=None if got.first_build_s is None else got.first_build_s * 1000,
-                baseline_name="first build",
-                target=f"< {REBUILD_MS:g} ms",
-                met=rebuild < REBUILD_MS,
-            )
+        figure = Figure(
+            "image T unchanged rebuild p50",
+            rebuild,
+            "ms",
+            baseline=None if got.first_build_s is None else got.first_build_s * 1000,
+            baseline_name="first build",
+            target=f"< {REBUILD_MS:g} ms",
+            met=rebuild < REBUILD_MS,
         )
+        group([figure], REBUILD)
     if got.steady_imagefs and got.steady_local:
         ours, local = _steady_rate(got.steady_imagefs), _steady_rate(got.steady_local)
-        out.append(
-            Figure(
-                "image T steady reads of torch (passes after the first) p50",
-                ours,
-                "MB/s",
-                baseline=local,
-                baseline_name="local tree",
-                target=f">= {STEADY_SHARE:.0%} of local",
-                met=ours >= STEADY_SHARE * local,
-            )
+        figure = Figure(
+            "image T steady reads of torch (passes after the first) p50",
+            ours,
+            "MB/s",
+            baseline=local,
+            baseline_name="local tree",
+            target=f">= {STEADY_SHARE:.0%} of local",
+            met=ours >= STEADY_SHARE * local,
         )
-    name = "small image cold start, warm host, to result"
-    small, small_floor = _ms(got.small_warm), _ms(got.small_floor)
-    _percentiles(out, name, small, small_floor, "runc floor", "", SMALL_P50_MS)
+        group([figure], STEADY)
+    for standby in (True, False):
+        small = got.small[standby]
+        kind = STANDBY if standby else FRESH
+        values, note = _served(small.seconds, small.served, kind)
+        rows = []
+        name = f"small image cold start, warm host ({SERVED_LABEL[kind]}), to result"
+        _percentiles(
+            rows, name, _ms(values), _ms(small.floor), "runc floor", "", SMALL_P50_MS, note
+        )
+        group(rows, f"small image ({_setting(standby)})")
     return out, _details(got)
+
+
+def _label(served: str) -> str:
+    return SERVED_LABEL.get(served, served)
+
+
+def _served(seconds: list[float], served: list[str], wanted: str) -> tuple[list[float], str]:
+    """The samples served as `wanted`, and a note on those that were not (left out)."""
+    kept = [s for s, kind in zip(seconds, served, strict=True) if kind == wanted]
+    other = len(seconds) - len(kept)
+    if not other:
+        return kept, ""
+    kinds = sorted({_label(kind) for kind in served if kind != wanted})
+    return (
+        kept,
+        f"{other} of {len(seconds)} samples served otherwise ({', '.join(kinds)}): left out",
+    )
 
 
 def _percentiles(
@@ -1198,8 +1416,15 @@ def _percentiles(
     baseline_name: str,
     target: str = "",
     limit: float | None = None,
+    note: str = "",
 ) -> None:
-    """p50 and p99 of `values` (ms) beside the same of `baseline`; the p50 is held to `limit`."""
+    """p50 and p99 of `values` (ms) beside the same of `baseline`; the p50 is held to `limit`.
+    With no values (none served as the row claims), the p50 row says so, unmet."""
+    if not values and note:
+        out.append(
+            Figure(f"{name} p50", None, "ms", target=target or f"<= {limit:g} ms", note=note)
+        )
+        return
     for q in (50, 99):
         if q not in values:
             continue
@@ -1216,6 +1441,7 @@ def _percentiles(
                 baseline_name=f"{baseline_name} p{q}" if baseline_name else "",
                 target=wanted,
                 met=values[q] <= limit if checked and limit is not None else None,
+                note=note,
             )
         )
 
@@ -1253,39 +1479,60 @@ def _details(got: Measured) -> list[str]:
     if got.first_ever_s is not None and got.first_ever_fetched is not None:
         lines.append(
             f"first start ever: {got.first_ever_s * 1000:.0f} ms, "
-            f"{_fetch_text(got.first_ever_fetched)}; recorded {_recorded_text(got)}"
+            f"{_fetch_text(got.first_ever_fetched)}; recorded {_recorded_text(got)}; "
+            f"served by: {_label(got.first_ever_served)}"
         )
-    for label, values, fetched in (
-        ("empty host", got.empty, got.empty_fetched),
-        ("warm host", got.warm, got.warm_fetched),
-    ):
+    settings = [("empty host", got.empty, got.empty_served, got.empty_fetched)]
+    for standby in (False, True):
+        warm = got.warm[standby]
+        settings.append(
+            (f"warm host, {_setting(standby)}", warm.seconds, warm.served, warm.fetched)
+        )
+    for label, values, served, fetched in settings:
         if values:
-            lines.append(f"{label}, to result: {_summary(values)}")
-            each = ", ".join(f"{s * 1000:.0f}" for s in values)
-            lines.append(f"{label}, each sample to result, in order (ms): {each}")
+            lines.append(f"{label}, to result (every sample): {_summary(values)}")
+            each = ", ".join(
+                f"{s * 1000:.0f}{_mark(kind)}" for s, kind in zip(values, served, strict=True)
+            )
+            lines.append(
+                f"{label}, each sample to result, in order (ms; s: a standby served it, f: a "
+                f"fresh container): {each}"
+            )
             lines.append(f"{label}, fetched per sample: {_fetched_summary(fetched)}")
     if got.daemon_start:
         lines.append(
             f"imagefs daemon start on an emptied host (page cache dropped; not in the cold "
             f"starts): {_summary(got.daemon_start)}"
         )
-    for label, probes in (("empty host", got.probe_empty), ("warm host", got.probe_warm)):
-        if probes:
-            parts = zip(*probes, strict=True)
+    probes = [("empty host", got.probe_empty, got.probe_empty_served)]
+    probes += [
+        (
+            f"warm host, {_setting(standby)}",
+            got.warm[standby].probes,
+            got.warm[standby].probes_served,
+        )
+        for standby in (False, True)
+    ]
+    for label, measured, served in probes:
+        if measured:
+            parts = zip(*measured, strict=True)
             to_user, imports, rest = (_summary(list(p)) for p in parts)
             lines.append(
-                f"torch_probe, {label}: to its first line {to_user}; `import torch` {imports}; "
-                f"the sum and the result back {rest}"
+                f"torch_probe, {label} ({_served_text(served)}): to its first line {to_user}; "
+                f"`import torch` {imports}; the sum and the result back {rest}"
             )
     if got.pull_total:
         lines.append(f"full pull, to the local tree: {_summary(got.pull_fetch)}")
         lines.append(f"full pull, runc run on it to its output: {_summary(got.pull_run)}")
         lines.append(f"full pull, total: {_summary(got.pull_total)}")
-    if got.floor:
-        lines.append(
-            f"runc floor, `{FLOOR_CODE}` on the local tree, to its output: {_summary(got.floor)}"
-        )
-        lines.append(f"the same to the container's exit: {_summary(got.floor_exit)}")
+    for standby in (False, True):
+        warm = got.warm[standby]
+        if warm.floor:
+            lines.append(
+                f"runc floor, `{FLOOR_CODE}` on the local tree, to its output, taken with the "
+                f"warm host's samples ({_setting(standby)}): {_summary(warm.floor)}; to the "
+                f"container's exit: {_summary(warm.floor_exit)}"
+            )
     if got.steady_warm_up:
         ours, local = got.steady_warm_up
         lines.append(
@@ -1296,8 +1543,14 @@ def _details(got: Measured) -> list[str]:
         lines.append(f"reads of torch through imagefs: {_steady_text(got.steady_imagefs)}")
     if got.steady_local:
         lines.append(f"reads of torch from the local tree: {_steady_text(got.steady_local)}")
-    if got.small_warm:
-        lines.append(f"small image, warm host, to result: {_summary(got.small_warm)}")
+    for standby in (False, True):
+        small = got.small[standby]
+        if small.seconds:
+            lines.append(
+                f"small image, warm host, {_setting(standby)}, to result (every sample; "
+                f"{_served_text(small.served)}): {_summary(small.seconds)}; runc floor, `python3 "
+                f"-c pass` on the base tree, taken with each: {_summary(small.floor)}"
+            )
     if got.prepare_t:
         lines.append(
             f"the imagefs daemon's `prepare` (made by the worker at every container start), "
@@ -1314,13 +1567,24 @@ def _details(got: Measured) -> list[str]:
             f"runc `python3 -c pass` on the small image's imagefs layers (warm host): "
             f"{_summary(got.imagefs_small)}"
         )
-    if got.small_floor:
-        lines.append(f"runc floor, `python3 -c pass` on the base tree: {_summary(got.small_floor)}")
+    lines.append(
+        "standby settings in the order taken: standbys off (the worker started again with "
+        "EMBER_STANDBY_CONTAINERS=0) for the empty host, the warm host and the small image, then "
+        "on (the default) for the small image and the warm host; the first start ever ran before, "
+        "standbys on (none of a new image can exist)"
+    )
+    for name, tally in got.tallies.items():
+        if tally.tries:
+            lines.append(f"other work, {name}: {tally.summary()}")
     return lines
 
 
 def _summary(seconds: list[float]) -> str:
     return summary_ms(seconds) if seconds else "not measured"
+
+
+def _mark(served: str) -> str:
+    return {STANDBY: "s", FRESH: "f"}.get(served, "?")
 
 
 def _fetched_summary(fetched: list[Fetched]) -> str:
@@ -1346,7 +1610,10 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=2400.0)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--netns", default=f"ember-bench-{os.getpid()}")
+    parser.add_argument("--load-threshold", type=float, default=LOAD_POLICY.threshold)
+    parser.add_argument("--reruns", type=int, default=LOAD_POLICY.reruns)
     args = parser.parse_args()
+    LOAD_POLICY.threshold, LOAD_POLICY.reruns = args.load_threshold, max(0, args.reruns)
     from benchmarks.run import DEFAULT_IMAGE_DIR
 
     work_dir = args.work_dir.absolute()
@@ -1355,6 +1622,7 @@ def main() -> None:
     os.environ["EMBER_DATA_DIR"] = str(work_dir / "cluster")
     os.environ.setdefault("EMBER_IMAGE_DIR", str(Path(DEFAULT_IMAGE_DIR).expanduser()))
     os.environ.pop("EMBER_SERVER_URL", None)
+    os.environ.pop("EMBER_STANDBY_CONTAINERS", None)
 
     def stop(signum: int, frame: object) -> None:
         raise BenchTimeout("the image benchmark was asked to stop")

@@ -1,25 +1,39 @@
-"""ember's benchmarks: `python -m benchmarks.run [--quick] [--only warm,fanout,cold,image,ray]`.
+"""ember's benchmarks: `python -m benchmarks.run [--quick] [--only ray,warm,fanout,cold,isolation,image]`.
 
-    warm     .remote() of a no-op on a warm container: p50 and p99 (baseline: Ray)
-    fanout   no-op inputs through .map on two warm containers: inputs/s (baseline: Ray)
-    cold     .remote() on a function with no container, to user code and to the result
-             (baseline: `runc run` of `python3 -c pass` on the same root file system)
-    image    a ~1 GB torch image served lazily by imagefs from S3 over a 1 GB/s link: cold start on
-             an empty and on a warm host, bytes fetched, rebuild, steady reads, a small image
-             (baselines: pulling the whole image first, and `runc run` on a local tree)
-    ray      the Ray baseline itself (`ray.init(num_cpus=2)`); skipped if Ray is missing
+    ray        the Ray baseline (`ray.init(num_cpus=2)`), taken in turn with warm and fanout;
+               skipped if Ray is missing
+    warm       .remote() of a no-op on a warm container: p50 and p99 (baseline: Ray)
+    fanout     no-op inputs through .map on two warm containers: inputs/s (baseline: Ray)
+    cold       .remote() on a function with no container, to user code and to the result, with
+               the worker's standby containers on and off, each row saying which served it
+               (baseline: `runc run` of `python3 -c pass` on the same root file system, a run
+               taken with each sample); and what the containers' isolation costs a start, step
+               by step, each part on and off (benchmarks/isolation_steps.py)
+    isolation  the warm round trip, the fan-out and cold starts on this checkout and on the code
+               before the isolation commit, blocks taken in turn (benchmarks/isolation.py)
+    image      a ~1 GB torch image served lazily by imagefs from S3 over a 1 GB/s link: cold start on
+               an empty and on a warm host, bytes fetched, rebuild, steady reads, a small image
+               (baselines: pulling the whole image first, and `runc run` on a local tree)
 
-Ray runs first, in a process of its own, and is shut down before ember's cluster starts: the
-two would compete for the same cores. The ember benchmarks use a local cluster in a fresh data
-directory (removed afterwards) that shares the machine's image cache, so the base image is built
-once per machine; the cluster is stopped at the end whatever happens. Every loop is bounded and
-every benchmark has a time limit. A table is printed at the end, and the same figures are
-appended to benchmarks/RESULTS.md with the machine they ran on (a --quick run writes there only
-with --write-results).
+Ray runs in blocks in a process of its own (`ray.init` to `ray.shutdown`), in turn with ember's
+blocks (Ray, ember, ember, Ray with the default two repeats); ember's cluster stays up, idle,
+meanwhile. The ember benchmarks use a local cluster in a fresh data directory (removed
+afterwards) that shares the machine's image cache, so the base image is built once per machine;
+the cluster is stopped at the end whatever happens. Every loop is bounded and every benchmark has
+a time limit.
 
-`image` runs last, after the shared cluster is stopped, in a process of its own with a cluster of
-its own (benchmarks/image_coldstart.py says why); its first build of the torch image takes a few
-minutes.
+Other work on the machine: each step (a block, or a cold-start sample with its floor run) is
+metered (`common.CpuMeter`: this process's tree, other processes, kernel threads); a step during
+which other processes used more than `--load-threshold` cores (0.25) is taken again, up to
+`--reruns` times (2), and the least loaded try kept; rows whose steps stayed loaded carry
+"[loaded: N cores of other work]" in their name.
+
+A table is printed at the end, and the same figures are appended to benchmarks/RESULTS.md with the
+machine they ran on (a --quick run writes there only with --write-results; --no-results never).
+
+`isolation` and `image` run after the shared cluster is stopped, each with clusters of its own
+(benchmarks/isolation.py and benchmarks/image_coldstart.py say why); the image benchmark's first
+build of the torch image takes a few minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.common import (
     BENCH_DIR,
     BenchTimeout,
@@ -49,8 +64,9 @@ from benchmarks.common import (
     time_limit,
     wait_for_containers,
 )
+from benchmarks.isolation import BlockSizes
 
-BENCHMARKS = ("ray", "warm", "fanout", "cold", "image")
+BENCHMARKS = ("ray", "warm", "fanout", "cold", "isolation", "image")
 DEFAULT_IMAGE_DIR = "~/.local/share/ember/images"
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
 DRAIN_TIMEOUT_S = 30.0
@@ -66,6 +82,21 @@ class Sizes:
     limit_s: float  # per benchmark
     image_samples: int
     image_limit_s: float  # the image benchmark's own: it builds a 1 GB image first
+    repeats: int  # rounds of ember's and Ray's blocks, and of the isolation's before and after
+    breakdown_samples: int  # rounds of the isolation breakdown's variants
+
+    def isolation_block(self) -> BlockSizes:
+        """One block of the isolation benchmark: with `repeats` blocks a side, about the sizes
+        of the warm, fan-out and cold benchmarks in all."""
+        share = max(1, self.repeats)
+        return BlockSizes(
+            calls=max(10, self.calls // share),
+            warmup=self.warmup,
+            inputs=max(100, self.inputs // share),
+            fanout_warmup=self.fanout_warmup,
+            cold_samples=max(2, self.cold_samples // share),
+            limit_s=self.limit_s,
+        )
 
 
 FULL = Sizes(
@@ -77,6 +108,8 @@ FULL = Sizes(
     limit_s=300.0,
     image_samples=10,
     image_limit_s=2400.0,
+    repeats=2,
+    breakdown_samples=20,
 )
 QUICK = Sizes(
     calls=100,
@@ -87,6 +120,8 @@ QUICK = Sizes(
     limit_s=120.0,
     image_samples=3,
     image_limit_s=1500.0,
+    repeats=2,
+    breakdown_samples=3,
 )
 
 
@@ -101,11 +136,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(BENCHMARKS),
         help=f"comma-separated benchmarks to run, from: {', '.join(BENCHMARKS)} (default: all)",
     )
-    parser.add_argument("--calls", type=int, help="timed warm round trips (500; quick 100)")
-    parser.add_argument("--inputs", type=int, help="fan-out inputs (10000; quick 1000)")
-    parser.add_argument("--cold-samples", type=int, help="cold-start samples (20; quick 5)")
+    parser.add_argument("--calls", type=int, help="timed warm round trips a block (500; quick 100)")
+    parser.add_argument("--inputs", type=int, help="fan-out inputs a block (10000; quick 1000)")
+    parser.add_argument("--cold-samples", type=int, help="cold-start samples a row (20; quick 5)")
     parser.add_argument(
         "--image-samples", type=int, help="image benchmark samples per figure (10; quick 3)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds of ember's and Ray's blocks, and of the isolation's sides (2)",
+    )
+    parser.add_argument(
+        "--breakdown-samples", type=int, help="rounds of the isolation breakdown (20; quick 3)"
+    )
+    parser.add_argument(
+        "--before",
+        help="the revision the isolation benchmark measures as before (default: the parent of "
+        "the commit that added src/ember/container/userns.py)",
+    )
+    parser.add_argument(
+        "--load-threshold",
+        type=float,
+        default=common.LOAD_POLICY.threshold,
+        help="cores of other work above which a step is taken again, then flagged (0.25)",
+    )
+    parser.add_argument(
+        "--reruns",
+        type=int,
+        default=common.LOAD_POLICY.reruns,
+        help="how many times a loaded step is taken again (2)",
     )
     parser.add_argument(
         "--no-new-app",
@@ -137,7 +197,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         limit_s=base.limit_s,
         image_samples=args.image_samples or base.image_samples,
         image_limit_s=base.image_limit_s,
+        repeats=args.repeats or base.repeats,
+        breakdown_samples=(
+            base.breakdown_samples if args.breakdown_samples is None else args.breakdown_samples
+        ),
     )
+    common.LOAD_POLICY.threshold = args.load_threshold
+    common.LOAD_POLICY.reruns = max(0, args.reruns)
     return args
 
 
@@ -150,6 +216,8 @@ def prepare_environment(keep_data: bool) -> Path:
         raise RuntimeError("prepare_environment() must run before ember is imported")
     if os.environ.pop("EMBER_SERVER_URL", None):
         log("note: EMBER_SERVER_URL is ignored; the benchmarks run on a local cluster of their own")
+    if os.environ.pop("EMBER_STANDBY_CONTAINERS", None) is not None:
+        log("note: EMBER_STANDBY_CONTAINERS is ignored; the cold starts are taken with and without")
     os.environ.setdefault("EMBER_IMAGE_DIR", str(Path(DEFAULT_IMAGE_DIR).expanduser()))
     data_dir = Path(tempfile.mkdtemp(prefix="ember-bench-"))
     os.environ["EMBER_DATA_DIR"] = str(data_dir)
@@ -193,7 +261,10 @@ def stop_cluster(data_dir: Path, keep_data: bool) -> None:
     image = data_dir / "image"
     for state in (
         data_dir / "worker" / "runtime",
+        data_dir / "floor" / "breakdown",
         data_dir / "floor",
+        data_dir / "isolation" / "before" / "worker" / "runtime",
+        data_dir / "isolation" / "after" / "worker" / "runtime",
         image / "cluster" / "worker" / "runtime",
         image / "runc",
     ):
@@ -214,62 +285,52 @@ def stop_cluster(data_dir: Path, keep_data: bool) -> None:
 
 
 def run_benchmarks(args: argparse.Namespace, data_dir: Path) -> list[Outcome]:
-    from benchmarks import image_coldstart, ray_baseline
+    from benchmarks import image_coldstart, isolation
 
     sizes: Sizes = args.sizes
     outcomes: list[Outcome] = []
-    ray: dict[str, float] | None = None
-    ray_note = "Ray not run"
 
-    def attempt(name: str, body: object, limit_s: float = sizes.limit_s + 120) -> Outcome | None:
+    def attempt(name: str, body: Callable[[], Outcome | list[Outcome]], limit_s: float) -> None:
         log(f"== {name}")
         started = time.perf_counter()
         meter = CpuMeter()
         try:
             with time_limit(limit_s, name):
-                outcome = body()  # type: ignore[operator]
+                produced = body()
         except Exception as error:
             log(f"  {name} failed: {type(error).__name__}: {error}")
             if not isinstance(error, RuntimeError | TimeoutError | BenchTimeout):
                 traceback.print_exc()
-            outcome = Outcome(name, skipped=f"failed: {type(error).__name__}: {error}")
-        outcome.seconds = time.perf_counter() - started
-        outcome.cpu = meter.read()
-        log(f"  {outcome.seconds:.1f} s; {outcome.cpu}")
-        outcomes.append(outcome)
-        return outcome
+            produced = Outcome(name, skipped=f"failed: {type(error).__name__}: {error}")
+        made = produced if isinstance(produced, list) else [produced]
+        seconds, cpu = time.perf_counter() - started, meter.read()
+        log(f"  {seconds:.1f} s; {cpu}")
+        if len(made) > 1:  # one step's meter for several outcomes: said once, for all of them
+            cpu += f" (the whole step: {', '.join(o.name for o in made)})"
+        for number, outcome in enumerate(made):
+            outcome.seconds = seconds
+            outcome.cpu = cpu if number == 0 else ""
+        outcomes.extend(made)
 
-    if "ray" in args.chosen:
-        why_not = ray_baseline.available()
-        if why_not:
-            log(f"== Ray baseline: skipped, {why_not}")
-            ray_note = "Ray not installed"
-            outcomes.append(Outcome("Ray baseline", skipped=why_not))
-        else:
-            holder: dict[str, dict[str, float]] = {}
+    if any(name in args.chosen for name in ("ray", "warm", "fanout", "cold")):
+        run_shared_cluster(args, data_dir, attempt)
+    from ember.client import local_cluster
 
-            def ray_body() -> Outcome:
-                outcome, result = ray_baseline.run(
-                    sizes.calls, sizes.warmup, sizes.inputs, sizes.limit_s
-                )
-                holder["result"] = result
-                return outcome
-
-            attempt("Ray baseline", ray_body)
-            ray = holder.get("result")
-            if ray is None:
-                ray_note = "Ray failed"
-                log("  Ray could not run; the ember benchmarks go on without it")
-
-    ember_chosen = [name for name in args.chosen if name not in ("ray", "image")]
-    if ember_chosen:
-        run_shared_cluster(args, data_dir, ember_chosen, attempt, ray, ray_note)
+    if local_cluster.running() is not None and (
+        "isolation" in args.chosen or "image" in args.chosen
+    ):
+        log("== stopping the shared cluster: the benchmarks after it bring their own")
+        stop_shared_cluster()
+    if "isolation" in args.chosen:
+        block = sizes.isolation_block()
+        # Each side: a cluster start, and `repeats` blocks of warm, fan-out and cold starts.
+        limit = 600 + sizes.repeats * 2 * (3 * sizes.limit_s) * (common.LOAD_POLICY.reruns + 1)
+        attempt(
+            "isolation, before and after",
+            lambda: isolation.run(args.before, block, sizes.repeats, data_dir / "isolation"),
+            limit,
+        )
     if "image" in args.chosen:
-        from ember.client import local_cluster
-
-        if local_cluster.running() is not None:
-            log("== stopping the shared cluster: the image benchmark brings its own")
-            stop_shared_cluster()
         attempt(
             "image cold start",
             lambda: image_coldstart.run(
@@ -292,35 +353,48 @@ def stop_shared_cluster() -> None:
 
 
 def run_shared_cluster(
-    args: argparse.Namespace,
-    data_dir: Path,
-    ember_chosen: list[str],
-    attempt: Callable[..., Outcome | None],
-    ray: dict[str, float] | None,
-    ray_note: str,
+    args: argparse.Namespace, data_dir: Path, attempt: Callable[..., None]
 ) -> None:
-    """The benchmarks that share one local cluster: warm, fanout, cold."""
-    from benchmarks import cold_start, fanout, warm_roundtrip
+    """The benchmarks that share one local cluster: Ray's blocks with warm and fanout, cold."""
+    from benchmarks import cold_start, versus_ray
 
     sizes: Sizes = args.sizes
-    log("== starting ember's local cluster")
-    log(f"  {start_cluster()}")
-    if "warm" in ember_chosen:
+    chosen = set(args.chosen)
+    if chosen & {"warm", "fanout", "cold"}:
+        log("== starting ember's local cluster")
+        log(f"  {start_cluster()}")
+    if chosen & {"ray", "warm", "fanout"}:
+        titles = (("ray", "Ray"), ("warm", "warm round trip"), ("fanout", "fan-out"))
+        names = [title for name, title in titles if name in chosen]
+        # Every block may be taken reruns + 1 times; ember's blocks are two loops each.
+        tries = common.LOAD_POLICY.reruns + 1
+        limit = 120 + sizes.repeats * 3 * sizes.limit_s * tries
         attempt(
-            "warm round trip",
-            lambda: warm_roundtrip.run(sizes.calls, sizes.warmup, sizes.limit_s, ray, ray_note),
+            ", ".join(names) + ", blocks in turn",
+            lambda: versus_ray.run(
+                "warm" in chosen,
+                "fanout" in chosen,
+                "ray" in chosen,
+                sizes.calls,
+                sizes.warmup,
+                sizes.inputs,
+                sizes.fanout_warmup,
+                sizes.repeats,
+                sizes.limit_s,
+            ),
+            limit,
         )
-    if "fanout" in ember_chosen:
-        attempt(
-            "fan-out",
-            lambda: fanout.run(sizes.inputs, sizes.fanout_warmup, sizes.limit_s, ray, ray_note),
-        )
-    if "cold" in ember_chosen:
+    if "cold" in chosen:
         attempt(
             "cold start",
             lambda: cold_start.run(
-                sizes.cold_samples, sizes.limit_s, data_dir / "floor", not args.no_new_app
+                sizes.cold_samples,
+                sizes.limit_s * 2,
+                data_dir / "floor",
+                not args.no_new_app,
+                sizes.breakdown_samples,
             ),
+            sizes.limit_s * 3 + 300,
         )
 
 
@@ -334,6 +408,11 @@ def _number(value: float, unit: str) -> str:
 
 
 def _row(figure: Figure) -> list[str]:
+    name = figure.name
+    if figure.note:
+        name += f" [{figure.note}]"
+    if figure.loaded:
+        name += f" [{figure.loaded}]"
     value = "—" if figure.value is None else _number(figure.value, figure.unit)
     if figure.baseline is None:
         baseline = figure.baseline_name or "—"
@@ -341,7 +420,7 @@ def _row(figure: Figure) -> list[str]:
         baseline = f"{figure.baseline_name} {_number(figure.baseline, figure.unit)}"
     ratio = "—" if figure.ratio is None else f"{figure.ratio:.2f}"
     met = "" if figure.met is None else ("yes" if figure.met else "NO")
-    return [figure.name, value, baseline, ratio, figure.target, met]
+    return [name, value, baseline, ratio, figure.target, met]
 
 
 HEADER = ["benchmark", "ember", "baseline (same run)", "ember ÷ baseline", "target", "met"]
@@ -395,10 +474,14 @@ def results_section(
         "",
         f"- Machine: {machine.describe()}",
         f"- Load average before: {load_before}; after: {load_after}",
-        f"- Sizes: {sizes.calls} round trips after {sizes.warmup} warm-up calls; "
-        f"{sizes.inputs} fan-out inputs; {sizes.cold_samples} cold-start samples "
-        f"(and as many runc floor runs); {sizes.image_samples} samples per image figure; "
-        f"{total_s:.0f} s in all",
+        f"- Sizes: {sizes.calls} round trips after {sizes.warmup} warm-up calls and "
+        f"{sizes.inputs} fan-out inputs in each of {sizes.repeats} blocks a side, taken in turn "
+        f"with Ray's; {sizes.cold_samples} cold-start samples per row (each with a runc floor run "
+        f"taken just before it); {sizes.breakdown_samples} rounds of the isolation breakdown; "
+        f"{sizes.image_samples} samples per image figure; {total_s:.0f} s in all",
+        f"- Other work: a step during which other processes used more than "
+        f"{common.LOAD_POLICY.threshold:g} cores was taken again, up to "
+        f"{common.LOAD_POLICY.reruns} times; {_loaded_count(outcomes)}",
         "- Ratios are ember ÷ baseline: below 1 is better for times, above 1 for rates.",
         "",
         table_markdown(outcomes),
@@ -410,6 +493,14 @@ def results_section(
     if notes:
         lines += ["Details:", "", *notes, ""]
     return "\n".join(lines) + "\n"
+
+
+def _loaded_count(outcomes: list[Outcome]) -> str:
+    figures = [f for o in outcomes for f in o.figures]
+    loaded = [f for f in figures if f.loaded]
+    if not loaded:
+        return "every row ended clean"
+    return f"{len(loaded)} of {len(figures)} rows stayed loaded (marked [loaded: ...]): take them again"
 
 
 def append_results(path: Path, section: str) -> None:
@@ -454,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         append_results(args.results, section)
         print(f"\nappended to {args.results}")
+    print(f"\nother work: {_loaded_count(outcomes)}")
     # Ray missing or failing is a skipped baseline, not a failed run.
     failed = [o for o in outcomes if o.skipped and o.name != "Ray baseline"]
     return 1 if failed else 0

@@ -8,8 +8,13 @@ looks its function up.
 
 Every function stops after the shortest scaledown window ember allows (1 s), so the benchmark can
 wait for the app to be back at zero containers before each timed call.
+
+The timed functions also return their container's hostname, after their work: the worker names a
+standby container `sb-…` and one started for its function `ta-…`, so the benchmark can tell which
+served each sample.
 """
 
+import socket
 import time
 from pathlib import Path
 
@@ -33,14 +38,14 @@ def torch_image(wheel: Path) -> ember.Image:
 
 
 @app.function(scaledown_window=1)
-def torch_sum() -> float:
+def torch_sum() -> tuple[float, str]:
     import torch
 
-    return float(torch.ones(2).sum())
+    return float(torch.ones(2).sum()), socket.gethostname()
 
 
 @app.function(scaledown_window=1)
-def torch_probe() -> tuple[float, float, float]:
+def torch_probe() -> tuple[float, float, float, str]:
     """torch_sum, with the wall clock read on its first line, after the import and at the end:
     where the time of a cold start goes (a function of its own, so the timed one stays plain)."""
     first_line = time.time()
@@ -48,7 +53,7 @@ def torch_probe() -> tuple[float, float, float]:
 
     imported = time.time()
     float(torch.ones(2).sum())
-    return first_line, imported, time.time()
+    return first_line, imported, time.time(), socket.gethostname()
 
 
 @app.function(scaledown_window=1, timeout=600)
@@ -58,5 +63,5 @@ def read_torch(passes: int) -> dict:
 
 
 @app.function(image=ember.Image.debian_slim(), scaledown_window=1)
-def small_noop() -> None:
-    return None
+def small_noop() -> str:
+    return socket.gethostname()

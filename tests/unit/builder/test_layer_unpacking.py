@@ -8,64 +8,33 @@ broken unpacker would follow point into `outside`, never at the host's own direc
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import stat
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ember.builder.registry.layers import unpack_layer
 from ember.errors import InvalidError
-
-MTIME = 1_600_000_000
-
-
-@dataclass
-class Member:
-    name: str
-    kind: bytes = tarfile.REGTYPE
-    data: bytes = b""
-    mode: int = 0o644
-    linkname: str = ""
-    uid: int = 0
-    gid: int = 0
-    pax: dict[str, str] = field(default_factory=dict)
+from tests.registry_support import MTIME, file, tar_bytes
+from tests.registry_support import Entry as Member
+from tests.registry_support import hardlink as hard
+from tests.registry_support import symlink as link
 
 
 def reg(name: str, data: bytes = b"data", **kw: object) -> Member:
-    return Member(name, tarfile.REGTYPE, data, **kw)  # type: ignore[arg-type]
+    return file(name, data, **kw)
 
 
 def folder(name: str, mode: int = 0o755, **kw: object) -> Member:
     return Member(name, tarfile.DIRTYPE, mode=mode, **kw)  # type: ignore[arg-type]
 
 
-def link(name: str, target: str) -> Member:
-    return Member(name, tarfile.SYMTYPE, mode=0o777, linkname=target)
-
-
-def hard(name: str, target: str) -> Member:
-    return Member(name, tarfile.LNKTYPE, linkname=target)
-
-
 def layer_file(path: Path, members: list[Member]) -> Path:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for member in members:
-            info = tarfile.TarInfo(member.name)
-            info.type = member.kind
-            info.mode = member.mode
-            info.mtime = MTIME
-            info.uid, info.gid = member.uid, member.gid
-            info.linkname = member.linkname
-            info.pax_headers = dict(member.pax)
-            info.size = len(member.data) if member.kind == tarfile.REGTYPE else 0
-            archive.addfile(info, io.BytesIO(member.data) if info.size else None)
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(tar_bytes(members))
     return path
 
 

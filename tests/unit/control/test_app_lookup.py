@@ -10,11 +10,11 @@ import pytest
 from ember import errors
 from ember.client import Connection
 from ember.client.connection import error_from_rpc
-from ember.control.api.ember_api import EmberService
 from ember.control.clock import FakeClock
-from ember.control.server import GRPC_OPTIONS, ControlPlane
+from ember.control.server import ControlPlane
 from ember.control.store import LogLine
-from ember.proto import api_pb2, api_pb2_grpc
+from ember.proto import api_pb2
+from tests.unit.control.serving import serving
 
 NO_SUCH_ID = "no app ap-garbage; see `ember app list --all` for the apps there are"
 NO_SUCH_NAME = (
@@ -32,14 +32,8 @@ async def plane(tmp_path) -> AsyncIterator[ControlPlane]:
 
 @pytest.fixture
 async def conn(plane: ControlPlane) -> AsyncIterator[Connection]:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    connection = Connection(f"127.0.0.1:{port}")
-    yield connection
-    await connection.close()
-    await server.stop(None)
+    async with serving(plane) as connection:
+        yield connection
 
 
 async def logs(conn: Connection, **request: object) -> list[str]:

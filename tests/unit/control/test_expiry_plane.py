@@ -1,21 +1,18 @@
 """Expiry in the running control plane (in process, over gRPC, on a fake clock): what callers and
 a restart read is still there, and what expired is gone."""
 
-import contextlib
 import pickle
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 import ember
 from ember.client import Connection
-from ember.control.api.ember_api import EmberService
-from ember.control.api.workers_api import WorkersService
 from ember.control.clock import FakeClock
 from ember.control.expiry import DELIVERED_GRACE_S
-from ember.control.server import GRPC_OPTIONS, ControlPlane
-from ember.proto import api_pb2, api_pb2_grpc
+from ember.control.server import ControlPlane
+from ember.proto import api_pb2
+from tests.unit.control.serving import serving
 
 SPAWNED = "fc-" + "5" * 16
 MAPPED = "fc-" + "6" * 16
@@ -28,21 +25,6 @@ SQUARE = api_pb2.FunctionDefinition(
     qualname="square",
     resources=api_pb2.Resources(cpu=1.0, memory_mb=256),
 )
-
-
-@contextlib.asynccontextmanager
-async def serving(plane: ControlPlane) -> AsyncIterator[Connection]:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), server)
-    api_pb2_grpc.add_WorkersServicer_to_server(WorkersService(plane), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    conn = Connection(f"127.0.0.1:{port}")
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await server.stop(None)
 
 
 async def start_app(conn: Connection) -> tuple[str, str]:

@@ -1,20 +1,17 @@
 """The control plane in process, served over gRPC on a local port and driven through the client."""
 
 import asyncio
-import contextlib
 import pickle
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 import ember
 from ember.client import Connection
-from ember.control.api.ember_api import EmberService
-from ember.control.api.workers_api import WorkersService
 from ember.control.clock import FakeClock
-from ember.control.server import GRPC_OPTIONS, ControlPlane
-from ember.proto import api_pb2, api_pb2_grpc
+from ember.control.server import ControlPlane
+from ember.proto import api_pb2
+from tests.unit.control.serving import serving
 
 CALL = "fc-" + "feedfacecafebeef"
 SQUARE = api_pb2.FunctionDefinition(
@@ -35,21 +32,6 @@ async def exchange(
     response = await stream.read()
     stream.cancel()
     return response
-
-
-@contextlib.asynccontextmanager
-async def serving(plane: ControlPlane) -> AsyncIterator[Connection]:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), server)
-    api_pb2_grpc.add_WorkersServicer_to_server(WorkersService(plane), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    conn = Connection(f"127.0.0.1:{port}")
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await server.stop(None)
 
 
 @pytest.fixture

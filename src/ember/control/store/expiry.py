@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -207,34 +208,22 @@ class ExpiryStore:
         row); returns how many went, 0 once nothing is left. A call no longer expired at `now`
         (an input was put meanwhile, which clears its expiry) is left alone."""
         still_expired = sa.select(_c.id).where(_c.id == call_id, _c.expires_at <= now).exists()
+
+        def some_of(key: sa.Column[Any], of_call: sa.Column[str], limit: int) -> Any:
+            """The first `limit` keys of the call's rows in `key`'s table."""
+            return key.in_(sa.select(key).where(of_call == call_id).limit(limit).scalar_subquery())
+
         async with self._engine.begin() as conn:
-            deleted = (
-                await conn.execute(
-                    schema.outputs.delete().where(
-                        _o.seq.in_(
-                            sa.select(_o.seq)
-                            .where(_o.call_id == call_id)
-                            .limit(chunk)
-                            .scalar_subquery()
-                        ),
-                        still_expired,
+            deleted = 0
+            for table, key, of_call in (
+                (schema.outputs, _o.seq, _o.call_id),
+                (schema.inputs, _i.id, _i.call_id),
+            ):
+                if deleted < chunk:
+                    statement = table.delete().where(
+                        some_of(key, of_call, chunk - deleted), still_expired
                     )
-                )
-            ).rowcount
-            if deleted < chunk:
-                deleted += (
-                    await conn.execute(
-                        schema.inputs.delete().where(
-                            _i.id.in_(
-                                sa.select(_i.id)
-                                .where(_i.call_id == call_id)
-                                .limit(chunk - deleted)
-                                .scalar_subquery()
-                            ),
-                            still_expired,
-                        )
-                    )
-                ).rowcount
+                    deleted += (await conn.execute(statement)).rowcount
             if deleted < chunk:
                 deleted += (
                     await conn.execute(

@@ -72,7 +72,9 @@ async def test_a_deletion_running_while_an_image_builds_leaves_it_every_chunk(
 
     deleting = asyncio.create_task(builds.delete(old, in_use=set()))
     await asyncio.to_thread(chunks.listing.wait, 10)  # the collection has begun
-    playing = asyncio.create_task(play_worker(cluster.orders("wk-1"), builds, tmp_path / "new", chunks))
+    playing = asyncio.create_task(
+        play_worker(cluster.orders("wk-1"), builds, tmp_path / "new", chunks)
+    )
     step = api_pb2.ImageStep(kind="base", python_version="3.11")
     building = asyncio.create_task(_events(builds.build([step])))
     # Unchecked, the build ends here, its chunk found in the store and not stored again...
