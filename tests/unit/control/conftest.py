@@ -4,9 +4,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from ember.client import Connection
 from ember.control.clock import FakeClock
+from ember.control.server import ControlPlane
 from ember.control.store import Store, sqlite_url
 from ember.proto import api_pb2
+from tests.unit.control.serving import serving
 
 MakeFunction = Callable[..., Awaitable[str]]
 
@@ -34,3 +37,18 @@ def make_function(store: Store, clock: FakeClock) -> MakeFunction:
         return ids[definition.name]
 
     return make
+
+
+@pytest.fixture
+async def plane(tmp_path) -> AsyncIterator[ControlPlane]:
+    """A control plane in the test's process, on a fake clock."""
+    opened = await ControlPlane.open(tmp_path / "control", clock=FakeClock())
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def conn(plane: ControlPlane) -> AsyncIterator[Connection]:
+    """A connection to `plane`, served over gRPC as `ember server` serves it."""
+    async with serving(plane) as connection:
+        yield connection

@@ -9,7 +9,7 @@ from ember.client import Connection
 from ember.control.api.ember_api import EmberService
 from ember.control.api.workers_api import WorkersService
 from ember.control.server import GRPC_OPTIONS, ControlPlane
-from ember.proto import api_pb2_grpc
+from ember.proto import api_pb2, api_pb2_grpc
 
 
 @contextlib.asynccontextmanager
@@ -26,3 +26,22 @@ async def serving(plane: ControlPlane) -> AsyncIterator[Connection]:
     finally:
         await conn.close()
         await server.stop(None)
+
+
+async def start_container(plane: ControlPlane, conn: Connection) -> tuple[str, str]:
+    """Register a worker, let the scheduler place a container for the queued input, and read the
+    start order from the worker's order stream; the worker id and the container id."""
+    registered = await conn.call(
+        conn.workers.WorkerRegister,
+        api_pb2.WorkerRegisterRequest(
+            hostname="host-a", capacity=api_pb2.Resources(cpu=4.0, memory_mb=4096)
+        ),
+    )
+    orders = conn.workers.WorkerOrders(api_pb2.WorkerOrdersRequest(worker_id=registered.worker_id))
+    try:
+        await plane.scheduler.tick()
+        order = await orders.read()
+    finally:
+        orders.cancel()
+    assert order.WhichOneof("order") == "start"
+    return registered.worker_id, order.start.container_id

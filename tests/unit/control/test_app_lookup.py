@@ -2,7 +2,6 @@
 app end; the control plane in process, served over gRPC and driven through the client."""
 
 import re
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -10,30 +9,15 @@ import pytest
 from ember import errors
 from ember.client import Connection
 from ember.client.connection import error_from_rpc
-from ember.control.clock import FakeClock
 from ember.control.server import ControlPlane
 from ember.control.store import LogLine
 from ember.proto import api_pb2
-from tests.unit.control.serving import serving
 
 NO_SUCH_ID = "no app ap-garbage; see `ember app list --all` for the apps there are"
 NO_SUCH_NAME = (
     "no running or deployed app named 'ghost'; see `ember app list` for the apps running now, "
     "and `ember app list --all` for the ids of stopped ones"
 )
-
-
-@pytest.fixture
-async def plane(tmp_path) -> AsyncIterator[ControlPlane]:
-    opened = await ControlPlane.open(tmp_path / "control", clock=FakeClock())
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def conn(plane: ControlPlane) -> AsyncIterator[Connection]:
-    async with serving(plane) as connection:
-        yield connection
 
 
 async def logs(conn: Connection, **request: object) -> list[str]:

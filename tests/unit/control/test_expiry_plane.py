@@ -12,7 +12,7 @@ from ember.control.clock import FakeClock
 from ember.control.expiry import DELIVERED_GRACE_S
 from ember.control.server import ControlPlane
 from ember.proto import api_pb2
-from tests.unit.control.serving import serving
+from tests.unit.control.serving import serving, start_container
 
 SPAWNED = "fc-" + "5" * 16
 MAPPED = "fc-" + "6" * 16
@@ -35,24 +35,6 @@ async def start_app(conn: Connection) -> tuple[str, str]:
         api_pb2.AppPublishRequest(app_id=created.app_id, functions=[SQUARE]),
     )
     return created.app_id, published.function_ids["square"]
-
-
-async def start_container(plane: ControlPlane, conn: Connection) -> str:
-    """Register a worker and have the scheduler place a container for the queued inputs; the
-    container's id, read from the worker's order stream."""
-    registered = await conn.call(
-        conn.workers.WorkerRegister,
-        api_pb2.WorkerRegisterRequest(
-            hostname="host-a", capacity=api_pb2.Resources(cpu=4.0, memory_mb=4096)
-        ),
-    )
-    orders = conn.workers.WorkerOrders(api_pb2.WorkerOrdersRequest(worker_id=registered.worker_id))
-    try:
-        await plane.scheduler.tick()
-        order = await orders.read()
-    finally:
-        orders.cancel()
-    return order.start.container_id
 
 
 async def exchange(
@@ -135,7 +117,7 @@ async def test_a_spawned_result_is_read_by_from_id_through_its_retention_and_the
 ) -> None:
     app_id, function_id = await start_app(conn)
     await submit(conn, function_id, SPAWNED, api_pb2.CALL_KIND_SPAWN, inputs=1)
-    container_id = await start_container(plane, conn)
+    _, container_id = await start_container(plane, conn)
     await run_inputs(conn, container_id, 1)
     await plane.expiry.run_once()
     await conn.call(conn.ember.AppStop, api_pb2.AppStopRequest(app_id=app_id))
@@ -154,7 +136,7 @@ async def test_a_spawned_result_is_read_by_from_id_through_its_retention_and_the
 async def test_a_live_maps_outputs_stay_however_long_it_runs(plane, conn, clock) -> None:
     _, function_id = await start_app(conn)
     await submit(conn, function_id, MAPPED, api_pb2.CALL_KIND_MAP, inputs=3)
-    container_id = await start_container(plane, conn)
+    _, container_id = await start_container(plane, conn)
     await run_inputs(conn, container_id, 1)
     for _ in range(3):
         clock.advance(RETENTION_S)
@@ -165,7 +147,7 @@ async def test_a_live_maps_outputs_stay_however_long_it_runs(plane, conn, clock)
 async def test_a_finished_map_of_a_stopped_app_is_gone_after_the_grace(plane, conn, clock) -> None:
     app_id, function_id = await start_app(conn)
     await submit(conn, function_id, MAPPED, api_pb2.CALL_KIND_MAP, inputs=3)
-    container_id = await start_container(plane, conn)
+    _, container_id = await start_container(plane, conn)
     await run_inputs(conn, container_id, 3)
     assert len(await outputs(conn, MAPPED)) == 3
     await conn.call(conn.ember.AppStop, api_pb2.AppStopRequest(app_id=app_id))
@@ -186,7 +168,7 @@ async def test_a_restart_after_expiry_restores_the_live_calls(tmp_path, clock, m
     async with serving(first) as conn:
         _, function_id = await start_app(conn)
         await submit(conn, function_id, SPAWNED, api_pb2.CALL_KIND_SPAWN)
-        container_id = await start_container(first, conn)
+        _, container_id = await start_container(first, conn)
         await run_inputs(conn, container_id, 1)
         await submit(conn, function_id, MAPPED, api_pb2.CALL_KIND_MAP, inputs=2)  # queued
         await first.expiry.run_once()

@@ -2,7 +2,6 @@
 
 import asyncio
 import pickle
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -11,7 +10,7 @@ from ember.client import Connection
 from ember.control.clock import FakeClock
 from ember.control.server import ControlPlane
 from ember.proto import api_pb2
-from tests.unit.control.serving import serving
+from tests.unit.control.serving import serving, start_container
 
 CALL = "fc-" + "feedfacecafebeef"
 SQUARE = api_pb2.FunctionDefinition(
@@ -32,19 +31,6 @@ async def exchange(
     response = await stream.read()
     stream.cancel()
     return response
-
-
-@pytest.fixture
-async def plane(tmp_path) -> AsyncIterator[ControlPlane]:
-    opened = await ControlPlane.open(tmp_path / "control", clock=FakeClock())
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def conn(plane) -> AsyncIterator[Connection]:
-    async with serving(plane) as connection:
-        yield connection
 
 
 async def start_app(conn: Connection, name: str = "hello") -> tuple[str, str]:
@@ -158,25 +144,6 @@ async def test_blobs_round_trip_through_the_plane(conn) -> None:
     assert await download(conn, blob_id) == data
     with pytest.raises(ember.NotFoundError):
         await download(conn, "bl-" + "0" * 64)
-
-
-async def start_container(plane: ControlPlane, conn: Connection) -> tuple[str, str]:
-    """Register a worker, let the scheduler place a container for the queued input, and read the
-    start order from the worker's order stream; the worker id and the container id."""
-    registered = await conn.call(
-        conn.workers.WorkerRegister,
-        api_pb2.WorkerRegisterRequest(
-            hostname="host-a", capacity=api_pb2.Resources(cpu=4.0, memory_mb=4096)
-        ),
-    )
-    orders = conn.workers.WorkerOrders(api_pb2.WorkerOrdersRequest(worker_id=registered.worker_id))
-    try:
-        await plane.scheduler.tick()
-        order = await orders.read()
-    finally:
-        orders.cancel()
-    assert order.WhichOneof("order") == "start"
-    return registered.worker_id, order.start.container_id
 
 
 async def test_a_container_leases_the_input_and_its_result_reaches_the_caller(plane, conn) -> None:

@@ -2,12 +2,10 @@
 column existed), chunked deletion of a call's rows, and a call revived by a late input."""
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from ember.control.store import FinalResult, NewInput, Store, input_id, schema, sqlite_url
-from ember.control.store.engine import MIGRATIONS_DIR
 from ember.proto import api_pb2
+from tests.unit.control.store.old_database import database_at
 
 CALL = "fc-" + "cd" * 8
 BLOB = "bl-" + "ab" * 32
@@ -50,12 +48,7 @@ async def test_an_output_remembers_the_blob_its_result_is_in(store, make_functio
 
 async def test_outputs_stored_before_the_column_get_their_blob_ids(tmp_path) -> None:
     url = sqlite_url(tmp_path / "old.db")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0003")
+    with database_at(tmp_path / "old.db", "0003") as conn:
         conn.execute(
             sa.text(
                 "INSERT INTO outputs (call_id, input_id, idx, gen_index, result)"
@@ -66,7 +59,6 @@ async def test_outputs_stored_before_the_column_get_their_blob_ids(tmp_path) -> 
                 {"call": CALL, "input": input_id(CALL, 1), "idx": 1, "result": result()},
             ],
         )
-    engine.dispose()
     store = await Store.open(url)
     try:
         assert await output_blob_ids(store) == {0: BLOB, 1: None}

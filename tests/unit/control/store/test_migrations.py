@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 
 from ember.control.store import Store, schema, sqlite_url
 from ember.proto import api_pb2
+from tests.unit.control.store.old_database import database_at
 
 
 @pytest.fixture
@@ -115,25 +116,14 @@ async def test_reopening_keeps_the_data(tmp_path) -> None:
 
 
 async def test_a_database_of_the_first_version_is_upgraded_with_its_data(tmp_path) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from ember.control.store.engine import MIGRATIONS_DIR
-
     url = sqlite_url(tmp_path / "old.db")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
+    with database_at(tmp_path / "old.db", "0001") as conn:
         conn.execute(
             sa.text(
                 "INSERT INTO apps (id, name, state, created_at, last_heartbeat_at)"
                 " VALUES ('ap-old', 'old', 3, 1.0, 1.0)"
             )
         )
-    engine.dispose()
     store = await Store.open(url)
     try:
         assert (await store.apps.get("ap-old")).name == "old"
