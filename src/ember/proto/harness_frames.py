@@ -40,6 +40,7 @@ FAILURE = 2
 GENERATOR_DONE = 8
 
 _PREFIX = struct.Struct(">BB")
+_VERSION = _TAG = struct.Struct(">B")
 _LENGTH = struct.Struct(">I")
 _INT = struct.Struct(">q")
 _FLAG = struct.Struct(">B")
@@ -138,8 +139,8 @@ def _put_map(out: list[bytes], value: dict[str, str]) -> None:
 def encode(message: Message) -> bytes:
     """The whole frame (header included) for `message`."""
     out = [_PREFIX.pack(VERSION, message.TAG)]
-    for field in dataclasses.fields(message):
-        _FIELD_CODECS[field.type][0](out, getattr(message, field.name))
+    for name, put, _ in _SCHEMAS[type(message)]:
+        put(out, getattr(message, name))
     body = b"".join(out)
     if len(body) > MAX_FRAME_BYTES:
         raise FrameError(
@@ -154,22 +155,23 @@ def encode(message: Message) -> bytes:
 
 class _Reader:
     def __init__(self, body: bytes) -> None:
-        self._body = memoryview(body)
-        self._at = 0
+        self.body = body
+        self.at = 0
 
     def take(self, size: int) -> bytes:
-        end = self._at + size
-        if end > len(self._body):
+        end = self.at + size
+        if end > len(self.body):
             raise FrameError("malformed harness frame: it ends inside a field")
-        value = self._body[self._at : end].tobytes()
-        self._at = end
+        value = self.body[self.at : end]
+        self.at = end
         return value
 
     def unpack(self, layout: struct.Struct) -> Any:
-        return layout.unpack(self.take(layout.size))[0]
-
-    def finished(self) -> bool:
-        return self._at == len(self._body)
+        at = self.at
+        if at + layout.size > len(self.body):
+            raise FrameError("malformed harness frame: it ends inside a field")
+        self.at = at + layout.size
+        return layout.unpack_from(self.body, at)[0]
 
 
 def _get_bytes(reader: _Reader) -> bytes:
@@ -207,6 +209,13 @@ _FIELD_CODECS: dict[Any, tuple[Any, Any]] = {
     dict[str, str]: (_put_map, _get_map),
 }
 
+# Each message's fields with their codecs, worked out once from its annotations: a frame is
+# made and read per input, on both sides.
+_SCHEMAS: dict[type[Message], tuple[tuple[str, Any, Any], ...]] = {
+    kind: tuple((f.name, *_FIELD_CODECS[f.type]) for f in dataclasses.fields(kind))
+    for kind in (*TO_HARNESS, *FROM_HARNESS)
+}
+
 
 def check_length(length: int) -> None:
     """Refuse a frame header that claims more than a frame may hold, before reading the body."""
@@ -222,14 +231,14 @@ def decode(body: bytes, accepted: tuple[type[Message], ...]) -> Message:
     for anything else (another version, an unknown or unexpected kind, a field cut short, bytes
     left over)."""
     check_length(len(body))
-    reader = _Reader(body)
-    version, tag = _PREFIX.unpack(reader.take(_PREFIX.size))
+    reader = _Reader(bytes(body))
+    version, tag = reader.unpack(_VERSION), reader.unpack(_TAG)
     if version != VERSION:
         raise FrameError(f"harness frame of protocol version {version}; this side speaks {VERSION}")
     kind = next((known for known in accepted if tag == known.TAG), None)
     if kind is None:
         raise FrameError(f"unexpected harness message type {tag}")
-    values = [_FIELD_CODECS[field.type][1](reader) for field in dataclasses.fields(kind)]
-    if not reader.finished():
+    values = [get(reader) for _, _, get in _SCHEMAS[kind]]
+    if reader.at != len(reader.body):
         raise FrameError("malformed harness frame: bytes left over after its last field")
     return kind(*values)
