@@ -36,16 +36,14 @@ def find_leftovers(data_dir: Path) -> list[str]:
     """Everything of the cluster of `data_dir` still on the host: containers (runc state or
     directories), mounts, cgroups, loop devices backed by its files, and processes."""
     runtime = _runtime(data_dir)
-    found = [f"container {name}" for name in runtime.list()]
+    directories = runtime.list()
     runc_root = data_dir / "worker" / "runtime" / "runc"
-    if runc_root.is_dir():
-        found += [f"runc state {entry.name}" for entry in runc_root.iterdir()]
+    states = sorted(entry.name for entry in runc_root.iterdir()) if runc_root.is_dir() else []
+    found = [f"container {name}" for name in directories]
+    found += [f"runc state {name}" for name in states]
     mounts = [*overlay.mounts_under(data_dir), *overlay.mounts_under(runtime.roots_dir)]
     found += [f"mount {path}" for path in mounts]
-    names = {name for name in runtime.list()} | (
-        {entry.name for entry in runc_root.iterdir()} if runc_root.is_dir() else set()
-    )
-    for name in sorted(names):
+    for name in sorted({*directories, *states}):
         found += [f"cgroup {path}" for path in cgroups.directories(cgroups.container_cgroup(name))]
     found += [f"loop device {device}" for device in _loop_devices_backed_by(data_dir)]
     found += [f"process {pid}" for pid in _processes_of(data_dir)]

@@ -14,7 +14,6 @@ replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fcntl
 import os
@@ -100,10 +99,3 @@ def _attach_loop(image: Path) -> _LoopDevice:
             os.close(control)
     finally:
         os.close(backing)  # the loop device holds the file now
-
-
-def remove_disk(image: Path, mount_point: Path) -> None:
-    """Unmount a container's disk (freeing its loop device) and delete its file."""
-    overlay.unmount(mount_point)
-    with contextlib.suppress(FileNotFoundError):
-        image.unlink()

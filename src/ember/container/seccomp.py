@@ -17,6 +17,7 @@ is stricter where a function has no need:
 from __future__ import annotations
 
 import errno
+import functools
 import platform
 from typing import Any
 
@@ -79,8 +80,10 @@ _AF_VSOCK = 40
 _PERSONALITIES = (0x0, 0x0008, 0x20000, 0x20008, 0xFFFFFFFF)
 
 
+@functools.cache
 def profile() -> dict[str, Any]:
-    """The `linux.seccomp` section of an OCI spec."""
+    """The `linux.seccomp` section of an OCI spec (the same for every container: made once;
+    callers only serialize it)."""
     machine = platform.machine()
     if machine not in ARCHITECTURES:
         raise ExecutionError(f"no seccomp profile for the {machine} architecture")

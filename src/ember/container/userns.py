@@ -72,8 +72,9 @@ class IdMapping:
 
 
 class UserNamespace:
-    """A user namespace with the mapping, held open by a file descriptor: what an idmapped mount
-    is made with. Made once per runtime (a short-lived `unshare` process is its first member)."""
+    """A user namespace with the mapping, held open by a file descriptor for as long as the
+    process lives: what an idmapped mount is made with. Made once per runtime, on first use (a
+    short-lived `unshare` process is its first member)."""
 
     def __init__(self, mapping: IdMapping) -> None:
         self.mapping = mapping
@@ -83,11 +84,6 @@ class UserNamespace:
         if self._fd is None:
             self._fd = _open_namespace(self.mapping)
         return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _open_namespace(mapping: IdMapping) -> int:

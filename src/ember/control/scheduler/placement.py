@@ -38,12 +38,13 @@ class Placement:
     def explain(self, workers: int) -> str:
         """'0 of 2 workers fit: 2 short of memory', or 'no worker connected'."""
         if workers == 0:
-            return "no worker connected"
+            return NO_WORKER
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.rejections.items())
         return f"0 of {workers} workers fit" + (f": {reasons}" if reasons else "")
 
 
 TOO_SMALL = "too small for the request"
+NO_WORKER = "no worker connected"
 
 
 def rejection(request: Request, worker: WorkerCapacity) -> str | None:

@@ -19,7 +19,13 @@ from ember.control.clock import Clock
 from ember.control.ids import new_id
 from ember.control.queue.dispatcher import Dispatcher
 from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer
-from ember.control.scheduler.placement import Placement, Request, WorkerCapacity, place
+from ember.control.scheduler.placement import (
+    NO_WORKER,
+    Placement,
+    Request,
+    WorkerCapacity,
+    place,
+)
 from ember.control.store import Container, Store, schema
 from ember.proto import api_pb2
 
@@ -277,11 +283,17 @@ class Scheduler:
     async def worker_started(self, worker_id: str) -> None:
         """A worker process started again under its old id: it removed the containers of its
         earlier life, whose inputs were lost with their host (no heartbeat need miss them)."""
+        await self._lose_containers_of(
+            worker_id, "the container's worker stopped and started again"
+        )
+
+    async def _lose_containers_of(self, worker_id: str, reason: str) -> None:
+        """The worker's containers are gone with their host: their inputs run again."""
         for container in self._cluster.containers_on(worker_id):
             await self.container_exited(
                 container.container_id,
                 api_pb2.RESULT_STATUS_HOST_LOST,
-                "the container's worker stopped and started again",
+                reason,
                 self._dispatcher.holds(container.container_id),
             )
 
@@ -291,7 +303,7 @@ class Scheduler:
         if not self._dispatcher.queued(function_id):
             return ""
         if not self._cluster.workers:
-            return "no worker connected"
+            return NO_WORKER
         return self._unplaceable.get(function_id, "")
 
     async def reap(self) -> None:
@@ -303,13 +315,9 @@ class Scheduler:
                     "worker %s stopped heartbeating; its containers are lost", worker.worker_id
                 )
                 self._cluster.forget_worker(worker.worker_id)
-                for container in self._cluster.containers_on(worker.worker_id):
-                    await self.container_exited(
-                        container.container_id,
-                        api_pb2.RESULT_STATUS_HOST_LOST,
-                        "the container's host stopped answering",
-                        self._dispatcher.holds(container.container_id),
-                    )
+                await self._lose_containers_of(
+                    worker.worker_id, "the container's host stopped answering"
+                )
         silent = await self._store.apps.ephemeral_silent_since(now - APP_HEARTBEAT_TIMEOUT_S)
         if silent:
             await self.stop_apps(silent)
