@@ -48,7 +48,17 @@ class CallStream:
                     await stream.write(request)
             except asyncio.InvalidStateError:
                 raise await stream_ended(stream) from None  # it ended before the write
-            return await answer
+            response = await answer
+            if response.error_code == grpc.StatusCode.UNAVAILABLE.name:
+                # Answered as unreachable (the control plane is stopping): `reconnecting`
+                # sends it again, as it does a call the stream's end cut off.
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details=response.error_message,
+                )
+            return response
         finally:
             self._answers.pop(request.call_id, None)
 

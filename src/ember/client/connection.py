@@ -48,7 +48,21 @@ def error_from_code(code_name: str, details: str) -> errors.Error:
 
 def error_from_rpc(error: grpc.aio.AioRpcError) -> errors.Error:
     code = error.code()
-    return error_from_code(code.name if code else "", error.details() or "")
+    name = "UNAVAILABLE" if is_unreachable(error) else code.name if code else ""
+    return error_from_code(name, error.details() or "")
+
+
+def is_unreachable(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the call failed for want of a control plane: UNAVAILABLE, or a CANCELLED that no
+    ember servicer set (gRPC's own, from a server that stopped under the call; see
+    `errors.GRPC_ERROR_KEY`). This client never cancels a call in a way that reads as one."""
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    trailers = error.trailing_metadata() or ()
+    return code == grpc.StatusCode.CANCELLED and all(
+        key != errors.GRPC_ERROR_KEY for key, _value in trailers
+    )
 
 
 async def stream_ended(stream: Any) -> grpc.aio.AioRpcError:
@@ -58,7 +72,7 @@ async def stream_ended(stream: Any) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
         grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
+        await stream.trailing_metadata() or grpc.aio.Metadata(),
         details=await stream.details() or "the stream ended",
     )
 
@@ -106,7 +120,7 @@ class Connection:
             try:
                 return await attempt()
             except grpc.aio.AioRpcError as error:
-                unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
+                unavailable = is_unreachable(error)
                 if not (retry and unavailable) or loop.time() > give_up_at:
                     if unavailable:
                         raise errors.ConnectionError(

@@ -161,5 +161,8 @@ async def serve(data_dir: Path, address: str, ready: asyncio.Event | None = None
         log.exception("the control plane stops: one of its loops failed")
         raise
     finally:
+        # Waiting requests end first, as unreachable (their callers ask again, of the next
+        # control plane); the grace lets their answers out.
+        plane.dispatcher.stop_waiting()
         await server.stop(grace=1.0)
         await plane.close()

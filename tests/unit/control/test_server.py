@@ -3,13 +3,15 @@
 import asyncio
 import pickle
 
+import grpc
 import pytest
 
 import ember
 from ember.client import Connection
+from ember.control.api.ember_api import EmberService
 from ember.control.clock import FakeClock
-from ember.control.server import ControlPlane
-from ember.proto import api_pb2
+from ember.control.server import GRPC_OPTIONS, ControlPlane
+from ember.proto import api_pb2, api_pb2_grpc
 from tests.unit.control.serving import serving, start_container
 
 CALL = "fc-" + "feedfacecafebeef"
@@ -230,6 +232,27 @@ async def test_a_cancelled_call_starts_no_container(plane, conn) -> None:
     assert plane.cluster.containers == {}
 
 
+async def test_inputs_sent_to_a_cancelled_call_fail_as_cancelled_without_asking_again(
+    plane, conn
+) -> None:
+    """ember's own CANCELLED is marked as its own, so the client does not take it for gRPC's
+    (a server gone away) and repeat the request."""
+    _, function_id = await start_app(conn)
+    await call(conn, function_id)
+    await conn.call(conn.ember.FunctionCallCancel, api_pb2.FunctionCallCancelRequest(call_id=CALL))
+    args = api_pb2.Payload(data=pickle.dumps(((8,), {})))
+    with pytest.raises(ember.InputCancelledError, match=f"function call {CALL} was cancelled"):
+        await asyncio.wait_for(
+            conn.call(
+                conn.ember.FunctionPutInputs,
+                api_pb2.FunctionPutInputsRequest(
+                    call_id=CALL, inputs=[api_pb2.Input(idx=1, args=args)]
+                ),
+            ),
+            10,
+        )
+
+
 async def test_calls_on_one_stream_are_answered_each_on_its_own(plane, conn) -> None:
     _, function_id = await start_app(conn)
     stopped_app, stopped_function = await start_app(conn, name="stopped")
@@ -252,3 +275,70 @@ async def test_calls_on_one_stream_are_answered_each_on_its_own(plane, conn) -> 
         await conn.calls.call(request("fc-" + "3" * 16, stopped_function, 0.0))
     assert not waiting.done()  # the failure answered its own call only
     waiting.cancel()
+
+
+async def test_a_stopping_control_plane_answers_waiting_callers_as_unreachable(plane, conn) -> None:
+    """What a shutdown does to requests that would wait: they are answered UNAVAILABLE (the
+    caller asks again, of the next control plane), never cut off as CANCELLED, which a caller
+    must take for its call's own cancellation."""
+    _, function_id = await start_app(conn)
+    await call(conn, function_id)  # no container: its output will not come
+    plane.dispatcher.stop_waiting()
+    with pytest.raises(ember.ConnectionError, match="the control plane is stopping"):
+        await conn.call(
+            conn.ember.FunctionGetOutputs,
+            api_pb2.FunctionGetOutputsRequest(call_id=CALL, wait_s=30),
+            retry=False,
+        )
+    request = api_pb2.FunctionCallRequest(
+        call_id="fc-" + "ab" * 16,
+        function_id=function_id,
+        kind=api_pb2.CALL_KIND_REMOTE,
+        inputs=[api_pb2.Input(idx=0, args=api_pb2.Payload(data=pickle.dumps(((7,), {}))))],
+        inputs_complete=True,
+        wait_s=30,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as answered:  # what `reconnecting` repeats
+        await conn.calls._call_once(request)
+    assert answered.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_calls_cut_off_by_a_stopping_server_are_asked_again_of_the_next(
+    plane, monkeypatch
+) -> None:
+    """gRPC ends the calls a stopping server had not yet handed to a handler as CANCELLED, a
+    status ember did not set (grpc/grpc#41785): the client must take that for the control plane
+    going away and ask again, never for its call's cancellation."""
+    handled = asyncio.Event()
+    wait_outputs = plane.dispatcher.wait_outputs
+
+    async def noting_a_handler(*args, **kwargs):
+        handled.set()
+        return await wait_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(plane.dispatcher, "wait_outputs", noting_a_handler)
+    first = grpc.aio.server(options=GRPC_OPTIONS)
+    api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), first)
+    port = first.add_insecure_port("127.0.0.1:0")
+    await first.start()
+    conn = Connection(f"127.0.0.1:{port}")
+    second = grpc.aio.server(options=GRPC_OPTIONS)
+    try:
+        _, function_id = await start_app(conn)
+        await call(conn, function_id)
+        request = api_pb2.FunctionGetOutputsRequest(call_id=CALL, wait_s=0.2)
+        polls = [
+            asyncio.ensure_future(conn.call(conn.ember.FunctionGetOutputs, request))
+            for _ in range(100)
+        ]
+        # One poll has a handler: the others, sent with it, wait in gRPC for theirs.
+        await asyncio.wait_for(handled.wait(), 10)
+        await first.stop(1.0)
+        api_pb2_grpc.add_EmberServicer_to_server(EmberService(plane), second)
+        second.add_insecure_port(f"127.0.0.1:{port}")
+        await second.start()
+        responses = await asyncio.wait_for(asyncio.gather(*polls), 30)
+        assert [list(r.outputs) for r in responses] == [[]] * 100  # each answered, after its wait
+    finally:
+        await conn.close()
+        await second.stop(None)

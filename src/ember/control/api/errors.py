@@ -29,7 +29,7 @@ def translate_errors(method: Callable[..., Any]) -> Callable[..., Any]:
                 async for item in method(self, request, context):
                     yield item
             except errors.Error as error:
-                await context.abort(status_code(error), str(error))
+                await abort(context, error)
 
         return stream
 
@@ -38,6 +38,15 @@ def translate_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await method(self, request, context)
         except errors.Error as error:
-            await context.abort(status_code(error), str(error))
+            await abort(context, error)
 
     return unary
+
+
+async def abort(context: grpc.aio.ServicerContext, error: errors.Error) -> None:
+    """End the call with the error's status, marked as ember's own (`errors.GRPC_ERROR_KEY`)."""
+    await context.abort(
+        status_code(error),
+        str(error),
+        trailing_metadata=((errors.GRPC_ERROR_KEY, type(error).__name__),),
+    )

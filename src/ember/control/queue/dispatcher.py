@@ -21,6 +21,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ember import errors
 from ember.control.clock import Clock
 from ember.control.queue.retries import retry_delay
 from ember.control.store import (
@@ -36,6 +37,8 @@ from ember.proto import api_pb2
 # How long a container holds an input without its worker heartbeating before the input is
 # presumed lost and run again.
 LEASE_S = 30.0
+
+STOPPING = "the control plane is stopping; ask again"
 
 # How many times an input may be lost with its host before it fails: a host that fails every
 # time it runs the input is, in the end, the input's own doing (it brings the machine down).
@@ -83,6 +86,7 @@ class Dispatcher:
             list
         )
         self.on_work: Callable[[str], None] = lambda _function_id: None
+        self._stopping = False  # `stop_waiting` was called: no request waits any more
         # (function_id, text): a line for the function's app log, where its callers see it.
         self.on_notice: Callable[[str, str], Awaitable[None]] = _no_notice
 
@@ -177,6 +181,7 @@ class Dispatcher:
             remaining = deadline - loop.time()
             if remaining <= 0 or want <= 0:
                 return []
+            self._refuse_if_stopping()
             waiter: asyncio.Future[None] = loop.create_future()
             self._input_waiters[function_id].append(waiter)
             try:
@@ -422,6 +427,7 @@ class Dispatcher:
                 outputs = await self._store.calls.outputs_after(call_id, after_seq, limit)
                 if outputs or wait_s <= 0:
                     return outputs
+            self._refuse_if_stopping()
             try:
                 delivered = await asyncio.wait_for(waiter, wait_s)
             except TimeoutError:
@@ -433,6 +439,24 @@ class Dispatcher:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._output_waiters[call_id]
+
+    # ---- stopping
+
+    def stop_waiting(self) -> None:
+        """The control plane is stopping: every request waiting here (a long-poll for outputs, a
+        container asking for inputs) fails now as one that cannot reach it, and so does any
+        that would wait from here on. Their callers ask again, of the control plane that takes
+        over; left to the server's shutdown, they would be cut off as cancelled instead, which
+        a caller must take for the call's own cancellation."""
+        self._stopping = True
+        for waiters in [*self._output_waiters.values(), *self._input_waiters.values()]:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(errors.ConnectionError(STOPPING))
+
+    def _refuse_if_stopping(self) -> None:
+        if self._stopping:
+            raise errors.ConnectionError(STOPPING)
 
     def _wake_outputs(self, call_id: str, outputs: list[StoredOutput]) -> None:
         for waiter in self._output_waiters.pop(call_id, []):

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from ember import errors
 from ember.control.queue.dispatcher import LEASE_S, MAX_HOST_LOSSES, Dispatcher
 from ember.control.store import NewInput, Store, schema
 from ember.proto import api_pb2
@@ -540,3 +541,20 @@ async def test_a_generator_failure_after_a_restart_still_lands_after_its_items(
     died = api_pb2.RESULT_STATUS_CONTAINER_DIED
     await fresh.container_exited("ta-1", died, "killed", [item])
     assert await statuses(store) == [(0, SUCCESS), (0, SUCCESS), (0, died)]
+
+
+async def test_stopping_fails_the_waiting_requests_as_unreachable(
+    store, dispatcher, function_id
+) -> None:
+    await submit(store, dispatcher, function_id, 1)
+    outputs = asyncio.create_task(dispatcher.wait_outputs(CALL, 0, 30.0, known_empty=True))
+    inputs = asyncio.create_task(dispatcher.take("fu-none", "ta-9", want=1, wait_s=30.0))
+    for _ in range(5):
+        await asyncio.sleep(0)  # both are waiting now
+    assert not outputs.done() and not inputs.done()
+    dispatcher.stop_waiting()
+    for waiting in (outputs, inputs):
+        with pytest.raises(errors.ConnectionError, match="the control plane is stopping"):
+            await waiting
+    with pytest.raises(errors.ConnectionError):  # and none waits from here on
+        await dispatcher.wait_outputs(CALL, 0, 30.0, known_empty=True)
