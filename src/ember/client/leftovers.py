@@ -43,6 +43,8 @@ def find_leftovers(data_dir: Path) -> list[str]:
     found += [f"runc state {name}" for name in states]
     mounts = [*overlay.mounts_under(data_dir), *overlay.mounts_under(runtime.roots_dir)]
     found += [f"mount {path}" for path in mounts]
+    if runtime.roots_dir.exists():
+        found.append(f"directory {runtime.roots_dir}")
     for name in sorted({*directories, *states}):
         found += [f"cgroup {path}" for path in cgroups.directories(cgroups.container_cgroup(name))]
     found += [f"loop device {device}" for device in _loop_devices_backed_by(data_dir)]

@@ -106,5 +106,6 @@ class Runtime(Protocol):
         ...
 
     async def cleanup_stale(self) -> list[str]:
-        """Kill and remove every container found on disk (after a crash); return their ids."""
+        """Kill and remove every container found on disk, and the runtime's own directories
+        outside its state directory (after a crash, and as a worker stops); return their ids."""
         ...

@@ -111,6 +111,9 @@ class Worker:
             raise
         finally:
             await self.stop_all()
+            # What stopping missed (a container whose removal failed), and the runtime's
+            # directory of root mount points: nothing is left on the host.
+            await self._runtime.cleanup_stale()
             await self._conn.close()
 
     async def _register(self) -> str:

@@ -60,7 +60,7 @@ async def test_python_and_cloudpickle_work_in_a_container(base_image: Path, tmp_
         status = await runtime.wait(container_id)
         stdout, stderr = (path.read_text() for path in runtime.log_paths(container_id))
     finally:
-        await runtime.remove(container_id)
+        await runtime.cleanup_stale()  # the container, and the runtime's mount point directory
     assert status.exit_code == 0, stderr
     assert stdout == f"(3, 11) {importlib.metadata.version('cloudpickle')} 42\n"
 
