@@ -314,7 +314,11 @@ class ContainerTask:
         gen_index = 0  # the index the next result must carry
         while True:
             try:
-                message = await self._until_exit(link.receive(), deadline - loop.time())
+                # No race with the container's exit (a task and a wait per result): the harness
+                # is the container's first process, so its socket closes when the container
+                # exits, and `receive` answers None.
+                async with asyncio.timeout_at(deadline):
+                    message = await link.receive()
             except TimeoutError:
                 return Exit(
                     api_pb2.RESULT_STATUS_TIMEOUT,
@@ -322,8 +326,6 @@ class ContainerTask:
                 )
             except frames.FrameError as error:
                 return _violation(api_pb2.RESULT_STATUS_CONTAINER_DIED, str(error))
-            if isinstance(message, Exit):
-                return message
             if message is None:  # the harness closed the socket: the container is on its way out
                 return self._describe_exit(await container.exited)
             wrong = _wrong_result(

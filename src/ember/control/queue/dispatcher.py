@@ -185,7 +185,8 @@ class Dispatcher:
             waiter: asyncio.Future[None] = loop.create_future()
             self._input_waiters[function_id].append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                async with asyncio.timeout(remaining):  # (wait_for would cost a loop turn more)
+                    await waiter
             except TimeoutError:
                 return []
             finally:
@@ -429,7 +430,8 @@ class Dispatcher:
                     return outputs
             self._refuse_if_stopping()
             try:
-                delivered = await asyncio.wait_for(waiter, wait_s)
+                async with asyncio.timeout(wait_s):
+                    delivered = await waiter
             except TimeoutError:
                 return []
             return [o for o in delivered if o.seq > after_seq][:limit]
