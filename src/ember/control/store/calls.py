@@ -120,9 +120,19 @@ def _input_rows(
 _i = schema.inputs.c
 _o = schema.outputs.c
 _INSERT_INPUT = schema.inputs.insert()
+
+
+def _in_state(state: str) -> sa.ColumnElement[bool]:
+    """`inputs.state = state`, spelled so that no index serves it, for statements that name
+    their inputs by id: SQLite's planner would otherwise take the state index (every queued input
+    of every call) over the primary key, so that each lease of a few inputs read the whole queue
+    (41% of the control plane's time in a 60,000-input map, measured)."""
+    return _i.state.concat("") == state
+
+
 _LEASE = (
     schema.inputs.update()
-    .where(_i.id.in_(sa.bindparam("ids", expanding=True)), _i.state == schema.QUEUED)
+    .where(_i.id.in_(sa.bindparam("ids", expanding=True)), _in_state(schema.QUEUED))
     .values(
         state=schema.LEASED,
         container_id=sa.bindparam("to_container"),
@@ -356,7 +366,7 @@ class CallStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 schema.inputs.update()
-                .where(i.id.in_(ids), i.state == schema.LEASED)
+                .where(i.id.in_(ids), _in_state(schema.LEASED))
                 .values(**values)
             )
 
@@ -374,7 +384,7 @@ class CallStore:
         async with self._engine.begin() as conn:
             rows = await conn.execute(
                 schema.inputs.update()
-                .where(i.id.in_(ids), i.state == schema.LEASED, i.host_losses < max_losses)
+                .where(i.id.in_(ids), _in_state(schema.LEASED), i.host_losses < max_losses)
                 .values(
                     state=schema.QUEUED,
                     container_id=None,
@@ -388,7 +398,7 @@ class CallStore:
             requeued = {input_id: losses for input_id, losses in rows}
             exhausted = await conn.execute(
                 sa.select(i.id).where(
-                    i.id.in_([x for x in ids if x not in requeued]), i.state == schema.LEASED
+                    i.id.in_([x for x in ids if x not in requeued]), _in_state(schema.LEASED)
                 )
             )
             return requeued, list(exhausted.scalars())

@@ -1,6 +1,10 @@
 """Calls, inputs and outputs in the store: idempotent puts, leases, results, requeues, cancels."""
 
+import contextlib
+import sqlite3
+
 import pytest
+import sqlalchemy as sa
 
 from ember import errors
 from ember.control.store import (
@@ -253,3 +257,34 @@ async def test_a_final_result_after_the_last_item_takes_the_next_index(store, fu
     await store.calls.record_results([FinalResult(item, 0, result(), False)])
     stored = await store.calls.record_results([FinalResult(item, AFTER_LAST_ITEM, result(), True)])
     assert [o.gen_index for o in stored[CALL]] == [1]
+
+
+async def test_statements_that_name_inputs_by_id_find_them_by_id(
+    store, function_id, tmp_path
+) -> None:
+    """Leases and requeues look their inputs up by primary key, never through the state index:
+    that holds every queued input, so each lease of a few inputs of a big map would read the
+    whole queue (SQLite's planner, without statistics, takes it)."""
+    await store.calls.create_call(CALL, function_id, MAP, new_inputs(*range(50)), True, 1.0)
+    statements: list[tuple[str, tuple]] = []
+
+    def note(_conn, _cursor, statement, parameters, _context, _executemany) -> None:
+        if "inputs.id IN" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", note)
+    try:
+        ids = [input_id(CALL, 0), input_id(CALL, 1)]
+        await store.calls.lease(ids, "ta-1", 31.0)
+        await store.calls.requeue(ids[:1], 50.0, undo_attempt=False)
+        await store.calls.requeue_lost(ids[1:], 50.0, max_losses=5)
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", note)
+    assert len(statements) >= 4  # the lease, the requeue, and requeue_lost's two
+    with contextlib.closing(sqlite3.connect(tmp_path / "ember.db")) as db:
+        for statement, parameters in statements:
+            plan = " | ".join(
+                row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+            assert "ix_inputs_state" not in plan, (statement, plan)
+            assert "(id=?)" in plan, (statement, plan)
