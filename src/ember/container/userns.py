@@ -72,9 +72,9 @@ class IdMapping:
 
 
 class UserNamespace:
-    """A user namespace with the mapping, held open by a file descriptor for as long as the
-    process lives: what an idmapped mount is made with. Made once per runtime, on first use (a
-    short-lived `unshare` process is its first member)."""
+    """A user namespace with the mapping, held open by a file descriptor: what an idmapped mount
+    is made with. Made once per runtime, on first use (a short-lived `unshare` process is its
+    first member); a runtime keeps it for as long as the process lives."""
 
     def __init__(self, mapping: IdMapping) -> None:
         self.mapping = mapping
@@ -84,6 +84,12 @@ class UserNamespace:
         if self._fd is None:
             self._fd = _open_namespace(self.mapping)
         return self._fd
+
+    def close(self) -> None:
+        """Let the namespace go (the isolation benchmark makes one per sample)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _open_namespace(mapping: IdMapping) -> int:
