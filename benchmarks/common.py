@@ -187,12 +187,14 @@ class Machine:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat)."""
+def _machine_times() -> tuple[float, float]:
+    """CPU seconds all cores of the machine have spent busy since boot, and those the host took
+    from this virtual machine for its other guests (steal), from /proc/stat."""
     with open("/proc/stat") as stat:
         fields = [int(x) for x in stat.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / _TICK
+    steal = fields[7] if len(fields) > 7 else 0
+    return (sum(fields[:7]) - idle) / _TICK, steal / _TICK
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -266,12 +268,13 @@ class _Snapshot:
     at: float  # time.monotonic()
     ticks: int  # clock ticks since boot
     machine_s: float
+    stolen_s: float
     processes: dict[int, _Process]
     kind: dict[int, str]  # pid: ours (this process's tree), others, or kernel (threads)
 
     @classmethod
     def take(cls) -> _Snapshot:
-        at, ticks, machine = time.monotonic(), _uptime_ticks(), _machine_busy_s()
+        at, ticks, (machine, stolen) = time.monotonic(), _uptime_ticks(), _machine_times()
         processes = _processes()
         mine = _tree(processes, os.getpid())
         kind = {}
@@ -282,7 +285,7 @@ class _Snapshot:
                 kind[pid] = _KERNEL
             else:
                 kind[pid] = _OTHERS
-        return cls(at, ticks, machine, processes, kind)
+        return cls(at, ticks, machine, stolen, processes, kind)
 
     def has(self, pid: int, process: _Process) -> bool:
         here = self.processes.get(pid)
@@ -323,6 +326,12 @@ class Load:
     ours: float  # this process and everything it started (the cluster, its containers, Ray)
     others: float  # every other process on the machine: other work
     kernel: float  # kernel threads (I/O, loop devices, reclaim): theirs or ours, unknown
+    stolen: float  # what the host gave its other guests while this machine's cores wanted to run
+
+    @property
+    def interference(self) -> float:
+        """Other work: other processes here, and the host's other guests (steal)."""
+        return self.others + self.stolen
 
     @property
     def unattributed(self) -> float:
@@ -333,7 +342,8 @@ class Load:
         return (
             f"CPU busy {self.machine:.2f} of {os.cpu_count()} cores: {self.ours:.2f} by the "
             f"benchmark and what it started, {self.others:.2f} by other work on the machine, "
-            f"{self.kernel + self.unattributed:.2f} by kernel threads and interrupts"
+            f"{self.kernel + self.unattributed:.2f} by kernel threads and interrupts; "
+            f"{self.stolen:.2f} taken by the host for other guests (steal)"
         )
 
 
@@ -358,6 +368,7 @@ class CpuMeter:
             ours=used[_OURS] / wall,
             others=used[_OTHERS] / wall,
             kernel=used[_KERNEL] / wall,
+            stolen=(end.stolen_s - start.stolen_s) / wall,
         )
 
     def read(self) -> str:
@@ -369,8 +380,8 @@ class CpuMeter:
 
 @dataclass
 class LoadPolicy:
-    """A step during which other processes used more than `threshold` cores is taken again, up
-    to `reruns` times; if every try was loaded, the least loaded one is kept and its rows are
+    """A step during which other work (other processes, and the host's steal) took more than
+    `threshold` cores is taken again, up to `reruns` times; if every try was loaded, the least loaded one is kept and its rows are
     flagged."""
 
     threshold: float = 0.25
@@ -394,7 +405,7 @@ class Tried(Generic[T]):
 
     @property
     def loaded(self) -> bool:
-        return self.load.others > self.threshold
+        return self.load.interference > self.threshold
 
 
 def guarded(what: str, body: Callable[[], T], policy: LoadPolicy | None = None) -> Tried[T]:
@@ -408,13 +419,16 @@ def guarded(what: str, body: Callable[[], T], policy: LoadPolicy | None = None) 
         meter = CpuMeter()
         value = body()
         load = meter.load()
-        others.append(load.others)
-        if best is None or load.others < best[1].others:
+        others.append(load.interference)
+        if best is None or load.interference < best[1].interference:
             best = (value, load)
-        if load.others <= policy.threshold:
+        if load.interference <= policy.threshold:
             break
         again = "taken again" if attempt < policy.reruns else "kept (no tries left), flagged"
-        log(f"  {what}: {load.others:.2f} cores of other work meanwhile: {again}")
+        log(
+            f"  {what}: {load.interference:.2f} cores of other work meanwhile "
+            f"({load.stolen:.2f} of them the host's steal): {again}"
+        )
     assert best is not None
     return Tried(best[0], best[1], tuple(others), policy.threshold)
 
@@ -443,7 +457,7 @@ class LoadTally:
         loaded = self.loaded
         if not loaded:
             return ""
-        worst = max(t.load.others for t in loaded)
+        worst = max(t.load.interference for t in loaded)
         text = f"loaded: {worst:.2f} cores of other work"
         if len(self.tries) > 1:
             text += f" ({len(loaded)} of {len(self.tries)} steps)"
@@ -454,7 +468,7 @@ class LoadTally:
         if not self.tries:
             return "no steps"
         again = sum(len(t.others) - 1 for t in self.tries)
-        others = [t.load.others for t in self.tries]
+        others = [t.load.interference for t in self.tries]
         threshold = self.tries[0].threshold
         return (
             f"{len(self.tries)} steps, other work p50 {percentile(others, 50):.2f} max "

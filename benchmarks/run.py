@@ -23,8 +23,9 @@ the cluster is stopped at the end whatever happens. Every loop is bounded and ev
 a time limit.
 
 Other work on the machine: each step (a block, or a cold-start sample with its floor run) is
-metered (`common.CpuMeter`: this process's tree, other processes, kernel threads); a step during
-which other processes used more than `--load-threshold` cores (0.25) is taken again, up to
+metered (`common.CpuMeter`: this process's tree, other processes, kernel threads, and the time
+the host took for its other guests, steal); a step during which other processes and steal took
+more than `--load-threshold` cores (0.25) is taken again, up to
 `--reruns` times (2), and the least loaded try kept; rows whose steps stayed loaded carry
 "[loaded: N cores of other work]" in their name.
 
@@ -479,7 +480,7 @@ def results_section(
         f"with Ray's; {sizes.cold_samples} cold-start samples per row (each with a runc floor run "
         f"taken just before it); {sizes.breakdown_samples} rounds of the isolation breakdown; "
         f"{sizes.image_samples} samples per image figure; {total_s:.0f} s in all",
-        f"- Other work: a step during which other processes used more than "
+        f"- Other work: a step during which other processes and the host's steal took more than "
         f"{common.LOAD_POLICY.threshold:g} cores was taken again, up to "
         f"{common.LOAD_POLICY.reruns} times; {_loaded_count(outcomes)}",
         "- Ratios are ember ÷ baseline: below 1 is better for times, above 1 for rates.",
