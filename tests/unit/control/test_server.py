@@ -278,9 +278,9 @@ async def test_calls_on_one_stream_are_answered_each_on_its_own(plane, conn) -> 
 
 
 async def test_a_stopping_control_plane_answers_waiting_callers_as_unreachable(plane, conn) -> None:
-    """What a shutdown does to requests that would wait: they are answered UNAVAILABLE (the
-    caller asks again, of the next control plane), never cut off as CANCELLED, which a caller
-    must take for its call's own cancellation."""
+    """What a shutdown does to requests that would wait: they are answered UNAVAILABLE at once
+    (the caller asks again, of the next control plane), not left to wait out the server's
+    grace."""
     _, function_id = await start_app(conn)
     await call(conn, function_id)  # no container: its output will not come
     plane.dispatcher.stop_waiting()

@@ -448,8 +448,8 @@ class Dispatcher:
         """The control plane is stopping: every request waiting here (a long-poll for outputs, a
         container asking for inputs) fails now as one that cannot reach it, and so does any
         that would wait from here on. Their callers ask again, of the control plane that takes
-        over; left to the server's shutdown, they would be cut off as cancelled instead, which
-        a caller must take for the call's own cancellation."""
+        over; left to the server's shutdown, they would wait out its grace before being cut
+        off."""
         self._stopping = True
         for waiters in [*self._output_waiters.values(), *self._input_waiters.values()]:
             for waiter in waiters:
