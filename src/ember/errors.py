@@ -92,8 +92,8 @@ GRPC_CODES: dict[type[Error], str] = {
 
 # Trailing metadata key on every status an ember servicer sets (its value: the error's kind). A
 # status without it came from gRPC itself: a stopping server ends the calls it had not yet
-# handled, and those its grace cut off, as CANCELLED (grpc/grpc#41785), which a client that
-# cancelled nothing must read as the server going away, not as its call's cancellation.
+# handed to a handler as CANCELLED (grpc/grpc#41785), which a client that cancelled nothing
+# must read as the server going away, not as its call's cancellation.
 GRPC_ERROR_KEY = "ember-error"
 
 # The class rebuilt for a code: the most general kind that uses it (the table lists it first).

@@ -36,9 +36,7 @@ def find_leftovers(data_dir: Path) -> list[str]:
     """Everything of the cluster of `data_dir` still on the host: containers (runc state or
     directories), mounts, cgroups, loop devices backed by its files, and processes."""
     runtime = _runtime(data_dir)
-    directories = runtime.list()
-    runc_root = data_dir / "worker" / "runtime" / "runc"
-    states = sorted(entry.name for entry in runc_root.iterdir()) if runc_root.is_dir() else []
+    directories, states = runtime.list(), runtime.states()
     found = [f"container {name}" for name in directories]
     found += [f"runc state {name}" for name in states]
     mounts = [*overlay.mounts_under(data_dir), *overlay.mounts_under(runtime.roots_dir)]

@@ -191,6 +191,14 @@ def restart_worker() -> LocalCluster:
         return LocalCluster(cluster.address, cluster.supervisor_pid, _pid("control"), worker_pid)
 
 
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for the process to end; whether it did."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 def _stop_orphans() -> list[int]:
     """Parts whose supervisor is gone (it was killed; they get SIGTERM then and are on their
     way out) are stopped and waited for, and what they left is removed; their pids."""
@@ -201,10 +209,7 @@ def _stop_orphans() -> list[int]:
         pid = _pid(name)
         if pid:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
+            if not _gone_within(pid, STOP_TIMEOUT_S):
                 os.kill(pid, signal.SIGKILL)
             stopped.append(pid)
         (cluster_dir() / f"{name}.pid").unlink(missing_ok=True)
@@ -225,10 +230,7 @@ def stop() -> list[int]:
             p for p in (cluster.worker_pid, cluster.control_pid, cluster.supervisor_pid) if p
         ]
         os.kill(cluster.supervisor_pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _alive(cluster.supervisor_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(cluster.supervisor_pid):
+        if not _gone_within(cluster.supervisor_pid, STOP_TIMEOUT_S):
             raise errors.ExecutionError(
                 f"the local cluster did not stop within {STOP_TIMEOUT_S:g} s; see "
                 f"{cluster_dir()}/supervisor.log"

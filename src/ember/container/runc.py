@@ -227,11 +227,15 @@ class RuncRuntime:
             return []
         return sorted(entry.name for entry in self._containers.iterdir())
 
+    def states(self) -> list[str]:
+        """Ids of the containers runc keeps state for (a container whose directory is gone
+        may still have some)."""
+        if not self._runc_root.is_dir():
+            return []
+        return sorted(entry.name for entry in self._runc_root.iterdir() if entry.is_dir())
+
     async def cleanup_stale(self) -> list[str]:
-        ids = set(self.list())
-        if self._runc_root.is_dir():
-            # A container whose directory is gone but whose runc state is not.
-            ids.update(entry.name for entry in self._runc_root.iterdir() if entry.is_dir())
+        ids = {*self.list(), *self.states()}
         for container_id in sorted(ids):
             await self.remove(container_id)
         # Anything still mounted under the state directory belongs to no known container.
