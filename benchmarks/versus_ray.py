@@ -113,12 +113,7 @@ def run(
         if ray_samples:
             warm_outcome.details.append(f"Ray round trips, all blocks: {summary_ms(ray_samples)}")
         warm_outcome.figures = warm_roundtrip.figures(samples, ray_samples, ray_note)
-        tally = LoadTally()
-        tally.extend(ember.rtt_tally)
-        tally.extend(theirs.rtt_tally)
-        flag_figures(warm_outcome.figures, tally)
-        warm_outcome.details.append(f"blocks in the order taken: {order}")
-        warm_outcome.details.append(f"other work, ember's and Ray's blocks: {tally.summary()}")
+        _flag_and_tell(warm_outcome, ember.rtt_tally, theirs.rtt_tally, order)
     if fan and ember.fanout:
         rate, ray_rate = ember.rate(), theirs.rate()
         assert rate is not None
@@ -133,12 +128,7 @@ def run(
             )
         figure = fanout.figure(rate, ray_rate, ray_note, f"fan-out, {inputs} no-op inputs a block")
         fan_outcome.figures = [figure]
-        tally = LoadTally()
-        tally.extend(ember.fanout_tally)
-        tally.extend(theirs.fanout_tally)
-        flag_figures(fan_outcome.figures, tally)
-        fan_outcome.details.append(f"blocks in the order taken: {order}")
-        fan_outcome.details.append(f"other work, ember's and Ray's blocks: {tally.summary()}")
+        _flag_and_tell(fan_outcome, ember.fanout_tally, theirs.fanout_tally, order)
     if idle_cluster:
         ray_outcome.details.append(
             f"{len(idle_cluster)} blocks, taken in turn with ember's; ember's cluster stayed up, "
@@ -151,6 +141,16 @@ def run(
     if fan:
         outcomes.append(fan_outcome)
     return outcomes
+
+
+def _flag_and_tell(outcome: Outcome, ours: LoadTally, ray: LoadTally, order: str) -> None:
+    """Flag the outcome's figures if ember's or Ray's blocks stayed loaded, and say so."""
+    tally = LoadTally()
+    tally.extend(ours)
+    tally.extend(ray)
+    flag_figures(outcome.figures, tally)
+    outcome.details.append(f"blocks in the order taken: {order}")
+    outcome.details.append(f"other work, ember's and Ray's blocks: {tally.summary()}")
 
 
 def _ray_lines(outcome: Outcome, theirs: Side) -> None:
