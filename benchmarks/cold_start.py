@@ -81,7 +81,7 @@ TARGET_P50_MS = 250.0
 FLOOR_ARGS = ["python3", "-c", "pass"]
 # What the harness imports before user code runs, in a container mounted the way the worker
 # mounts it: a second reference that tells runc's share of a cold start from Python's.
-IMPORTS_ARGS = ["python3", "-c", "import ember.harness.runtime, cloudpickle, cold_app"]
+IMPORTS_ARGS = ["python3", "-c", "import ember.harness.runtime, ember.sdk.serialization, cold_app"]
 ZERO_TIMEOUT_S = 60.0  # how long to wait for the previous sample's container to go
 SCALED, NEW_APP = "scaled to zero", "new app"
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # the container age's resolution
@@ -306,7 +306,7 @@ def _report(outcome: Outcome, row: Row) -> None:
             f"{label}, runc floor taken with each sample: {summary_ms(row.floor)}"
         )
         outcome.details.append(
-            f"{label}, runc run of the harness's imports (ember, cloudpickle, the app module) "
+            f"{label}, runc run of the harness's imports (ember, its serializer, the app module) "
             f"with the worker's mounts, taken with each sample: {summary_ms(row.imports)}"
         )
     outcome.details.append(f"{label}, other work: {row.tally.summary()}")

@@ -15,12 +15,17 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_all_lists_every_public_name() -> None:
+    # dir(), not vars(): the SDK's names are in the module's namespace only once used.
     public = {
         name
-        for name, value in vars(ember).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(ember)
+        if not name.startswith("_") and not isinstance(getattr(ember, name), types.ModuleType)
     }
     assert set(ember.__all__) == public
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    assert not hasattr(ember, "NoSuchThing")
 
 
 def test_errors_are_exported_as_ember_errors() -> None:

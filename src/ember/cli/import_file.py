@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ember import errors
 from ember.cli.tracebacks import format_user_exception
-from ember.sdk import App, Function, LocalEntrypoint
+from ember.sdk.app import App, LocalEntrypoint
+from ember.sdk.function import Function
 
 Runnable = Function | LocalEntrypoint
 

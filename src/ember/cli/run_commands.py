@@ -11,7 +11,9 @@ from rich.console import Console
 
 from ember.cli.import_file import find_runnable, import_app_file, single_app
 from ember.cli.parameters import parse_arguments
-from ember.sdk import Function, LocalEntrypoint, enable_output
+from ember.sdk.app import LocalEntrypoint
+from ember.sdk.function import Function
+from ember.sdk.output import enable_output
 
 console = Console(stderr=True, highlight=False)
 

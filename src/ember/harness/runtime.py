@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import errno
 import importlib
-import inspect
 import os
 import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ember.proto import harness_frames as frames
+from ember.sdk import code_kinds
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -60,6 +59,8 @@ class WorkerLink:
 
 def _remote_traceback(error: BaseException) -> str:
     """The traceback from the user's code down, without the harness's own frames."""
+    import traceback  # only once something failed: it is slow to import
+
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
@@ -84,7 +85,7 @@ def _iterate(
     raw_f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Iterator[Any]:
     """Items of a generator function, sync or async."""
-    if inspect.isasyncgenfunction(raw_f):
+    if code_kinds.is_async_generator_function(raw_f):
         import asyncio
 
         loop = asyncio.new_event_loop()
@@ -102,7 +103,7 @@ def _iterate(
 
 
 def _call(raw_f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if inspect.iscoroutinefunction(raw_f):
+    if code_kinds.is_coroutine_function(raw_f):
         import asyncio
 
         return asyncio.run(raw_f(*args, **kwargs))
@@ -114,7 +115,7 @@ def run_input(
 ) -> None:
     from ember.sdk.serialization import deserialize, serialize
 
-    is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+    is_generator = code_kinds.is_generator_function(raw_f)
     gen_index = 0
     try:
         args, kwargs = deserialize(pickled_args)

@@ -25,7 +25,6 @@ Only the standard library: the harness imports this at every cold start, and the
 no protobuf. Status values are those of `ResultStatus` in api.proto (a test checks they agree).
 """
 
-import dataclasses
 import struct
 from typing import Any, ClassVar
 
@@ -50,12 +49,47 @@ class FrameError(ValueError):
     """A frame that is not a well-formed message of this protocol (or not one this side takes)."""
 
 
-@dataclasses.dataclass(frozen=True)
 class Message:
+    """A message: its fields are its class's annotations, in order, set from the constructor's
+    arguments in that order. (Not a dataclass: the harness imports this module at every cold start,
+    and `dataclasses` with the classes it makes cost more than the rest of the module.)"""
+
     TAG: ClassVar[int]
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls) -> None:
+        # Its own annotations, not inherited ones (not inspect.get_annotations: inspect is slow
+        # to import).
+        cls.FIELDS = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063
+
+    def __init__(self, *values: Any) -> None:
+        if len(values) != len(self.FIELDS):
+            raise TypeError(
+                f"{type(self).__name__} takes {len(self.FIELDS)} values, not {len(values)}"
+            )
+        for name, value in zip(self.FIELDS, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a {type(self).__name__} message is read-only")
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Message)
+            and type(other) is type(self)
+            and other.values() == self.values()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclasses.dataclass(frozen=True)
 class Load(Message):
     """The function to load: variables to add to the environment first (EMBER_MODULE,
     EMBER_QUALNAME and others). A standby container waits for it as long as the worker keeps it."""
@@ -64,14 +98,12 @@ class Load(Message):
     environment: dict[str, str]
 
 
-@dataclasses.dataclass(frozen=True)
 class Ready(Message):
     """The function's module is imported."""
 
     TAG = 2
 
 
-@dataclasses.dataclass(frozen=True)
 class InitFailure(Message):
     """The import failed; the harness exits after sending it."""
 
@@ -80,7 +112,6 @@ class InitFailure(Message):
     traceback: str
 
 
-@dataclasses.dataclass(frozen=True)
 class Input(Message):
     """One input: the `(args, kwargs)` payload as the SDK pickled it."""
 
@@ -89,7 +120,6 @@ class Input(Message):
     args: bytes
 
 
-@dataclasses.dataclass(frozen=True)
 class Result(Message):
     """An input's outcome: SUCCESS with the pickled value, FAILURE with the pickled exception
     (None when it does not pickle) and its text and traceback, or GENERATOR_DONE."""
@@ -212,7 +242,7 @@ _FIELD_CODECS: dict[Any, tuple[Any, Any]] = {
 # Each message's fields with their codecs, worked out once from its annotations: a frame is
 # made and read per input, on both sides.
 _SCHEMAS: dict[type[Message], tuple[tuple[str, Any, Any], ...]] = {
-    kind: tuple((f.name, *_FIELD_CODECS[f.type]) for f in dataclasses.fields(kind))
+    kind: tuple((name, *_FIELD_CODECS[kind.__annotations__[name]]) for name in kind.FIELDS)
     for kind in (*TO_HARNESS, *FROM_HARNESS)
 }
 

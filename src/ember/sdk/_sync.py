@@ -15,8 +15,8 @@ caller's own loop. Async generators are driven item by item the same way.
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
+import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -97,13 +97,13 @@ class _BoundMethod(Generic[T]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self._function(self._instance, *args, **kwargs)
-        if inspect.isasyncgen(result):
+        if isinstance(result, types.AsyncGeneratorType):
             return iterate_blocking(result)
         return run_blocking(result)
 
     def aio(self, *args: Any, **kwargs: Any) -> Any:
         result = self._function(self._instance, *args, **kwargs)
-        if inspect.isasyncgen(result):
+        if isinstance(result, types.AsyncGeneratorType):
             return iterate_async(result)
         return run_async(result)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ember import errors
@@ -37,14 +36,20 @@ LOG_DRAIN_QUIET_S = 0.3  # at exit, keep showing logs until they have been quiet
 LOG_DRAIN_MAX_S = 3.0
 
 
-@dataclass(frozen=True)
 class LocalEntrypoint:
     """What `@app.local_entrypoint()` makes. Calling it calls the function: an `async def` one
-    gives a coroutine to await, which `ember run` runs in an event loop of its own."""
+    gives a coroutine to await, which `ember run` runs in an event loop of its own. (This and
+    `DeployResult` are plain classes, not dataclasses: see `FunctionSpec`.)"""
 
-    raw_f: Callable[..., Any]
-    app: App
-    registered_name: str | None = None  # the `name=` it was registered under
+    def __init__(
+        self, raw_f: Callable[..., Any], app: App, registered_name: str | None = None
+    ) -> None:
+        self.raw_f = raw_f
+        self.app = app
+        self.registered_name = registered_name  # the `name=` it was registered under
+
+    def __repr__(self) -> str:
+        return f"<ember.LocalEntrypoint {self.name}>"
 
     @property
     def name(self) -> str:
@@ -54,10 +59,13 @@ class LocalEntrypoint:
         return self.raw_f(*args, **kwargs)
 
 
-@dataclass(frozen=True)
 class DeployResult:
-    app_id: str
-    version: int
+    def __init__(self, app_id: str, version: int) -> None:
+        self.app_id = app_id
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"DeployResult(app_id={self.app_id!r}, version={self.version})"
 
 
 class _RunningApp:
@@ -195,7 +203,7 @@ class App:
         def decorate(raw_f: Callable[..., Any]) -> Function:
             if isinstance(raw_f, Function):
                 raise errors.InvalidError(f"{raw_f!r} is already registered with an app")
-            spec = FunctionSpec.build(
+            spec = FunctionSpec(
                 raw_f,
                 module=module_name(raw_f),
                 name=name,

@@ -9,14 +9,13 @@ it learns its id. Every method is written once as a coroutine; `f.remote(x)` blo
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ember import errors
+from ember.sdk import code_kinds
 from ember.sdk._sync import run_async, run_blocking, synchronize
 from ember.sdk.output import note_waiting
 from ember.sdk.retries import Retries
@@ -61,43 +60,45 @@ def module_name(raw_f: Callable[..., Any]) -> str:
     return name
 
 
-@dataclass(frozen=True)
 class FunctionSpec:
-    """What `@app.function(...)` recorded: plain data, checked when the decorator runs."""
+    """What `@app.function(...)` recorded: plain data, checked when the decorator runs. (A plain
+    class, not a dataclass: every container makes one at its cold start, and importing
+    `dataclasses` costs more than the rest of the SDK does there.)"""
 
-    name: str
-    module: str
-    qualname: str
-    cpu: float = DEFAULT_CPU
-    cpu_limit: float = 0.0
-    memory_mb: int = DEFAULT_MEMORY_MB
-    memory_limit_mb: int = 0
-    ephemeral_disk_mb: int = 0  # 0: the worker's default
-    timeout_s: float = 300.0
-    retries: Retries = field(default_factory=lambda: Retries(0))
-    min_containers: int = 0
-    max_containers: int = 0
-    scaledown_window_s: float = 60.0
-    is_generator: bool = False
-    image: Image | None = None  # None: the app's image
+    __slots__ = (
+        "cpu",
+        "cpu_limit",
+        "ephemeral_disk_mb",
+        "image",
+        "is_generator",
+        "max_containers",
+        "memory_limit_mb",
+        "memory_mb",
+        "min_containers",
+        "module",
+        "name",
+        "qualname",
+        "retries",
+        "scaledown_window_s",
+        "timeout_s",
+    )
 
-    @classmethod
-    def build(
-        cls,
+    def __init__(
+        self,
         raw_f: Callable[..., Any],
         *,
         module: str,
-        name: str | None,
-        cpu: float | tuple[float, float] | None,
-        memory: int | tuple[int, int] | None,
-        timeout: float,
-        retries: int | Retries | None,
-        min_containers: int,
-        max_containers: int | None,
-        scaledown_window: float,
+        name: str | None = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        timeout: float = 300,
+        retries: int | Retries | None = None,
+        min_containers: int = 0,
+        max_containers: int | None = None,
+        scaledown_window: float = 60,
         image: Image | None = None,
         ephemeral_disk: int | None = None,
-    ) -> FunctionSpec:
+    ) -> None:
         cpu_request, cpu_limit = _request_and_limit(cpu, DEFAULT_CPU, "cpu")
         memory_request, memory_limit = _request_and_limit(memory, DEFAULT_MEMORY_MB, "memory")
         if not 1 <= timeout <= 24 * 3600:
@@ -120,23 +121,21 @@ class FunctionSpec:
                 f"ephemeral_disk is MiB of disk, a whole number from 1 to {MAX_EPHEMERAL_DISK_MB}; "
                 f"got {ephemeral_disk!r}"
             )
-        return cls(
-            name=name or raw_f.__name__,
-            module=module,
-            qualname=raw_f.__qualname__,
-            cpu=cpu_request,
-            cpu_limit=cpu_limit,
-            memory_mb=int(memory_request),
-            memory_limit_mb=int(memory_limit),
-            ephemeral_disk_mb=ephemeral_disk or 0,
-            timeout_s=float(timeout),
-            retries=Retries.of(retries),
-            min_containers=min_containers,
-            max_containers=max_containers or 0,
-            scaledown_window_s=float(scaledown_window),
-            is_generator=inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f),
-            image=image,
-        )
+        self.name: str = name or raw_f.__name__
+        self.module: str = module
+        self.qualname: str = raw_f.__qualname__
+        self.cpu: float = cpu_request
+        self.cpu_limit: float = cpu_limit
+        self.memory_mb: int = int(memory_request)
+        self.memory_limit_mb: int = int(memory_limit)
+        self.ephemeral_disk_mb: int = ephemeral_disk or 0  # 0: the worker's default
+        self.timeout_s: float = float(timeout)
+        self.retries: Retries = Retries.of(retries)
+        self.min_containers: int = min_containers
+        self.max_containers: int = max_containers or 0
+        self.scaledown_window_s: float = float(scaledown_window)
+        self.is_generator: bool = code_kinds.is_generator_function(raw_f)
+        self.image: Image | None = image  # None: the app's image
 
     def to_proto(self, image_id: str = "", image_key: str = "") -> api_pb2.FunctionDefinition:
         from ember.proto import api_pb2

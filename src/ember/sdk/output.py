@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -60,4 +59,6 @@ def note_waiting(reason: str) -> None:
         sys.stderr.write(f"waiting: {reason}\n")
         sys.stderr.flush()
     else:
+        import logging  # not at import: containers import the SDK and never wait
+
         logging.getLogger("ember").warning("waiting: %s", reason)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ember import errors
@@ -11,7 +10,6 @@ if TYPE_CHECKING:
     from ember.proto import api_pb2
 
 
-@dataclass(frozen=True)
 class Retries:
     """Re-run a failed input up to `max_retries` times, waiting longer before each attempt.
 
@@ -19,24 +17,49 @@ class Retries:
     `max_delay`.
 
         @app.function(retries=ember.Retries(max_retries=3, backoff_coefficient=2.0))
+
+    A value, compared by its fields. (Not a dataclass: see `FunctionSpec`.)
     """
 
-    max_retries: int
-    backoff_coefficient: float = 2.0
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
+    __slots__ = ("backoff_coefficient", "initial_delay", "max_delay", "max_retries")
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_retries <= 10:
-            raise errors.InvalidError(f"max_retries must be from 0 to 10, not {self.max_retries}")
-        if not 1.0 <= self.backoff_coefficient <= 10.0:
+    def __init__(
+        self,
+        max_retries: int,
+        backoff_coefficient: float = 2.0,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ) -> None:
+        if not 0 <= max_retries <= 10:
+            raise errors.InvalidError(f"max_retries must be from 0 to 10, not {max_retries}")
+        if not 1.0 <= backoff_coefficient <= 10.0:
             raise errors.InvalidError(
-                f"backoff_coefficient must be from 1 to 10, not {self.backoff_coefficient}"
+                f"backoff_coefficient must be from 1 to 10, not {backoff_coefficient}"
             )
-        if not 0 <= self.initial_delay <= 60 or not 1 <= self.max_delay <= 60:
+        if not 0 <= initial_delay <= 60 or not 1 <= max_delay <= 60:
             raise errors.InvalidError(
                 "initial_delay must be from 0 to 60 seconds and max_delay from 1 to 60 seconds"
             )
+        self.max_retries = max_retries
+        self.backoff_coefficient = backoff_coefficient
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+
+    def _fields(self) -> tuple[int, float, float, float]:
+        return (self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Retries) and other._fields() == self._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Retries(max_retries={self.max_retries}, backoff_coefficient="
+            f"{self.backoff_coefficient}, initial_delay={self.initial_delay}, "
+            f"max_delay={self.max_delay})"
+        )
 
     @classmethod
     def of(cls, retries: int | Retries | None) -> Retries:

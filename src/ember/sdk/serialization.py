@@ -1,6 +1,13 @@
-"""Values on the wire: arguments, results and exceptions, pickled with cloudpickle.
+"""Values on the wire: arguments, results and exceptions.
 
-Light on purpose: the harness imports this inside every container.
+Arguments are pickled with cloudpickle: they come from the caller's script or notebook, whose own
+functions and classes (in `__main__`) exist nowhere else and must travel by value. What a
+container sends back (results, yielded items, exceptions) comes from modules the caller has too,
+which the standard pickler writes as cloudpickle does, by reference; it is tried first, and
+cloudpickle takes what it refuses (a lambda, a local function or class). That spares every cold
+start cloudpickle's import (it brings `dataclasses`, `inspect`, `logging` and more: tens of
+milliseconds, measured), and cloudpickle is imported only when needed. Anything either wrote
+loads with the standard `pickle.loads` (which imports cloudpickle itself if a value needs it).
 
 A value that does not pickle is an error the user can fix, so its message says which way the
 value was going (arguments into a function's container, or a result, yielded item or exception
@@ -11,8 +18,6 @@ from __future__ import annotations
 
 import pickle
 from typing import Any, Literal
-
-import cloudpickle
 
 from ember import errors
 
@@ -61,7 +66,20 @@ def type_name(value: Any) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
+def _dumps(value: Any, what: Sent) -> bytes:
+    if what != "arguments":
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass  # cloudpickle may still pickle it (by value)
+    import cloudpickle
+
+    return cloudpickle.dumps(value)
+
+
 def _pickles(value: Any) -> bool:
+    import cloudpickle
+
     try:
         cloudpickle.dumps(value)
     except Exception:
@@ -118,7 +136,7 @@ def _describe_failure(value: Any, what: Sent, error: Exception) -> str:
 def serialize(value: Any, *, what: Sent = "arguments") -> bytes:
     """Pickle a value for the wire; `what` it is names the direction in the error message."""
     try:
-        return cloudpickle.dumps(value)
+        return _dumps(value, what)
     except Exception as error:
         raise errors.SerializationError(_describe_failure(value, what, error)) from None
 
@@ -130,7 +148,7 @@ def deserialize(data: bytes) -> Any:
 def serialize_exception(error: BaseException) -> bytes | None:
     """The pickled exception, or None when it does not pickle (its text still travels)."""
     try:
-        data = cloudpickle.dumps(error)
+        data = _dumps(error, "exception")
         pickle.loads(data)
     except Exception:
         return None

@@ -12,7 +12,7 @@ import pytest
 import ember
 from ember import InvalidError
 from ember.cli.import_file import find_runnable, import_app_file, single_app
-from ember.sdk import LocalEntrypoint
+from ember.sdk.app import LocalEntrypoint
 
 
 @pytest.fixture

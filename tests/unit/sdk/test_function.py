@@ -1,4 +1,4 @@
-"""`FunctionSpec.build`: what `@app.function(...)` accepts, its defaults and its messages."""
+"""`FunctionSpec`: what `@app.function(...)` accepts, its defaults and its messages."""
 
 import re
 from typing import Any
@@ -35,7 +35,7 @@ def build(raw_f: Any = square, **overrides: Any) -> FunctionSpec:
         "scaledown_window": 60,
     }
     options.update(overrides)
-    return FunctionSpec.build(raw_f, **options)
+    return FunctionSpec(raw_f, **options)
 
 
 def test_defaults() -> None:

@@ -1,6 +1,8 @@
 """A value that does not pickle: the message says which way it was going, what it is, and the fix."""
 
+import pickle
 import re
+import sys
 import threading
 
 import pytest
@@ -81,3 +83,31 @@ def test_an_exception_says_the_function_raised_it() -> None:
         "container: ValueError (cannot pickle '_thread.lock' object); raise an exception whose "
         "arguments are plain data"
     )
+
+
+def test_a_result_the_standard_pickler_refuses_travels_by_value() -> None:
+    def local_add(a: int, b: int) -> int:  # a local function: only cloudpickle pickles it
+        return a + b
+
+    data = serialize(local_add, what="return value")
+    assert deserialize(data)(2, 3) == 5
+
+
+def test_a_result_is_written_by_the_standard_pickler_when_it_can() -> None:
+    value = {"numbers": [1, 2.5], "text": "x", "raw": b"\x00"}
+    data = serialize(value, what="return value")
+    assert data == pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    assert deserialize(data) == value
+
+
+def test_arguments_defined_in_the_callers_main_travel_by_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A class of the caller's script (`__main__`): the standard pickler would write a reference
+    # to `__main__.Point`, which the container's `__main__` (the harness) does not have.
+    point_class = type("Point", (), {"__module__": "__main__", "x": 1})
+    monkeypatch.setattr(sys.modules["__main__"], "Point", point_class, raising=False)
+    data = serialize(((point_class(),), {}))
+    monkeypatch.delattr(sys.modules["__main__"], "Point")  # as on the container's side
+    (point,), _ = deserialize(data)
+    assert point.x == 1
