@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("grpc", "google.protobuf", "rich", "sqlalchemy", "asyncio", "tarfile", "pathlib")
-SLOW_STANDARD = ("cloudpickle", "dataclasses", "inspect", "logging", "traceback", "shlex")
+SLOW_STANDARD = ("cloudpickle", "dataclasses", "inspect", "logging", "traceback")
 
 APP = """
 import ember
 
 app = ember.App("hygiene")
+image = ember.Image.debian_slim().pip_install("numpy").env({"MODE": "fast"})
 
 
-@app.function(retries=2)
+@app.function(image=image, retries=ember.Retries(2))
 def square(x):
     return x * x
 """

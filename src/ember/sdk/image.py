@@ -23,10 +23,10 @@ import contextlib
 import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ember import errors
+from ember.sdk.value import Value
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,31 +37,65 @@ if TYPE_CHECKING:
 PythonVersions = ("3.11", "3.13")
 
 
-@dataclass(frozen=True)
-class _Step:
+class _Step(Value):
     """One build step as the user wrote it; local files and functions are read when it builds."""
 
-    kind: str
-    python_version: str = ""
-    reference: str = ""
-    username: str = ""
-    password: str = ""
-    commands: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    workdir: str = ""
-    target: str = ""
-    # copy: (local file or folder, its path inside the target; "" for a folder's contents)
-    sources: tuple[tuple[Path, str], ...] = ()
-    ignore: tuple[str, ...] = ()  # copy: names skipped in local folders
-    function: Callable[..., Any] | None = None
-    force_build: bool = False
+    __slots__ = (
+        "commands",
+        "env",
+        "force_build",
+        "function",
+        "ignore",
+        "kind",
+        "password",
+        "python_version",
+        "reference",
+        "sources",
+        "target",
+        "username",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        python_version: str = "",
+        reference: str = "",
+        username: str = "",
+        password: str = "",
+        commands: tuple[str, ...] = (),
+        env: tuple[tuple[str, str], ...] = (),
+        workdir: str = "",
+        target: str = "",
+        # copy: (local file or folder, its path inside the target; "" for a folder's contents)
+        sources: tuple[tuple[Path, str], ...] = (),
+        ignore: tuple[str, ...] = (),  # copy: names skipped in local folders
+        function: Callable[..., Any] | None = None,
+        force_build: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.python_version = python_version
+        self.reference = reference
+        self.username = username
+        self.password = password
+        self.commands = commands
+        self.env = env
+        self.workdir = workdir
+        self.target = target
+        self.sources = sources
+        self.ignore = ignore
+        self.function = function
+        self.force_build = force_build
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(Value):
     """An image definition. Start with `Image.debian_slim()` or `Image.from_registry()`."""
 
-    _steps: tuple[_Step, ...] = field(default=())
+    __slots__ = ("_steps",)
+
+    def __init__(self, _steps: tuple[_Step, ...] = ()) -> None:
+        self._steps = _steps
 
     def __repr__(self) -> str:
         return f"<ember.Image {len(self._steps)} steps>"

@@ -5,20 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ember import errors
+from ember.sdk.value import Value
 
 if TYPE_CHECKING:
     from ember.proto import api_pb2
 
 
-class Retries:
+class Retries(Value):
     """Re-run a failed input up to `max_retries` times, waiting longer before each attempt.
 
     The n-th retry waits `initial_delay * backoff_coefficient ** (n - 1)` seconds, at most
     `max_delay`.
 
         @app.function(retries=ember.Retries(max_retries=3, backoff_coefficient=2.0))
-
-    A value, compared by its fields. (Not a dataclass: see `FunctionSpec`.)
     """
 
     __slots__ = ("backoff_coefficient", "initial_delay", "max_delay", "max_retries")
@@ -44,22 +43,6 @@ class Retries:
         self.backoff_coefficient = backoff_coefficient
         self.initial_delay = initial_delay
         self.max_delay = max_delay
-
-    def _fields(self) -> tuple[int, float, float, float]:
-        return (self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Retries) and other._fields() == self._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (
-            f"Retries(max_retries={self.max_retries}, backoff_coefficient="
-            f"{self.backoff_coefficient}, initial_delay={self.initial_delay}, "
-            f"max_delay={self.max_delay})"
-        )
 
     @classmethod
     def of(cls, retries: int | Retries | None) -> Retries:
