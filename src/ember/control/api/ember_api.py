@@ -216,15 +216,13 @@ class EmberService(api_pb2_grpc.EmberServicer):
         self, request: api_pb2.FunctionCallRequest
     ) -> api_pb2.FunctionCallResponse:
         await self._callable(request.function_id)
-        queued = await self._plane.store.calls.create_call(
+        new = await self._plane.dispatcher.create_call(
             request.call_id,
             request.function_id,
             request.kind,
             new_inputs(list(request.inputs)),
             request.inputs_complete,
-            self._plane.clock.now(),
         )
-        self._plane.dispatcher.enqueue(queued)
         outputs, waiting = [], ""
         if request.wait_s > 0:
             outputs, waiting = await self._outputs_or_waiting(
@@ -232,7 +230,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
                 request.function_id,
                 0,
                 request.wait_s,
-                known_empty=bool(queued) and len(queued) == len(request.inputs),
+                known_empty=new > 0 and new == len(request.inputs),
             )
         return api_pb2.FunctionCallResponse(outputs=output_messages(outputs), waiting=waiting)
 

@@ -5,8 +5,9 @@ answer fast: per function, the ids of inputs ready to run and of inputs waiting 
 per container, the inputs it holds; per call, the callers waiting for outputs. `restore()` rebuilds
 it all from the store after a restart.
 
-One input's path: `enqueue` ─▶ a container's `take` leases it ─▶ `report` stores its result and
-wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it back with
+One input's path: `create_call` (or `enqueue`) queues it ─▶ a container's `take` leases it (a
+container already waiting is leased it by `create_call` itself) ─▶ `report` stores its result
+and wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it back with
 a delay while it has retries left. A run lost because its host failed under it (the worker
 stopped or died, its image daemon ended: `RESULT_STATUS_HOST_LOST`) is not the function's
 failure: the input runs again at once without using up a retry, up to `MAX_HOST_LOSSES` times,
@@ -20,6 +21,7 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ember import errors
 from ember.control.clock import Clock
@@ -28,6 +30,7 @@ from ember.control.store import (
     AFTER_LAST_ITEM,
     FinalResult,
     LeasedInput,
+    NewInput,
     QueuedInput,
     Store,
     StoredOutput,
@@ -60,6 +63,19 @@ class Lease:
     attempts: int
 
 
+@dataclass
+class _InputWaiter:
+    """A container's `take` waiting for an input: handed the inputs leased to it straight away
+    (see `create_call`), or nothing, which sends it to look at the queue again."""
+
+    container_id: str
+    handed: asyncio.Future[list[LeasedInput]]
+
+    def hand(self, leased: list[LeasedInput]) -> None:
+        if not self.handed.done():
+            self.handed.set_result(leased)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -79,7 +95,7 @@ class Dispatcher:
         self._leases: dict[str, Lease] = {}
         self._held: dict[str, set[str]] = defaultdict(set)  # container -> inputs it holds
         self._idle_since: dict[str, float] = {}
-        self._input_waiters: dict[str, deque[asyncio.Future[None]]] = defaultdict(deque)
+        self._input_waiters: dict[str, deque[_InputWaiter]] = defaultdict(deque)
         # Callers waiting for a call's outputs; each is handed the outputs stored after it began
         # waiting, so a wait costs no query once it has started.
         self._output_waiters: dict[str, list[asyncio.Future[list[StoredOutput]]]] = defaultdict(
@@ -123,6 +139,55 @@ class Dispatcher:
 
     # ---- inputs in
 
+    async def create_call(
+        self,
+        call_id: str,
+        function_id: str,
+        kind: int,
+        new_inputs: Sequence[NewInput],
+        complete: bool,
+    ) -> int:
+        """Store a call with its first inputs and queue them; returns how many were new.
+
+        When a container is already waiting for this function's inputs and none are queued
+        ahead of these, the first is leased to it in the same transaction that stores it, and
+        handed to it at once: a `.remote()` to a warm container costs one transaction, and one
+        wake-up of the container's request, fewer than queueing the input for it to lease."""
+        now = self._clock.now()
+        waiter = self._waiting_container(function_id) if new_inputs else None
+        leased: LeasedInput | None = None
+        try:
+            leased, queued = await self._store.calls.create_call_leasing_first(
+                call_id,
+                function_id,
+                kind,
+                new_inputs,
+                complete,
+                now,
+                lease_first_to=None if waiter is None else (waiter.container_id, now + LEASE_S),
+            )
+        finally:
+            if waiter is not None:
+                if leased is not None:
+                    # Held from here on: should the request have gone meanwhile, the
+                    # container's next request is sent it again (see `take`).
+                    self._add_lease(leased.input_id, function_id, waiter.container_id, 1)
+                waiter.hand([] if leased is None else [leased])
+        self.enqueue(queued)
+        return len(queued) + (leased is not None)
+
+    def _waiting_container(self, function_id: str) -> _InputWaiter | None:
+        """The container that has waited longest for this function's inputs, taken off the
+        waiting list; None when none waits, or inputs queued before would be passed over."""
+        if self._ready.get(function_id):
+            return None
+        waiters = self._input_waiters.get(function_id)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.handed.done():
+                return waiter
+        return None
+
     def enqueue(self, inputs: Iterable[QueuedInput]) -> None:
         now = self._clock.now()
         woken: set[str] = set()
@@ -149,8 +214,8 @@ class Dispatcher:
         waiters = self._input_waiters.get(function_id)
         while waiters:
             waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter.handed.done():
+                waiter.hand([])
                 return
 
     # ---- containers take inputs
@@ -182,16 +247,18 @@ class Dispatcher:
             if remaining <= 0 or want <= 0:
                 return []
             self._refuse_if_stopping()
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter = _InputWaiter(container_id, loop.create_future())
             self._input_waiters[function_id].append(waiter)
             try:
                 async with asyncio.timeout(remaining):  # (wait_for would cost a loop turn more)
-                    await waiter
+                    handed = await waiter.handed
             except TimeoutError:
                 return []
             finally:
-                if not waiter.done():
-                    waiter.cancel()
+                if not waiter.handed.done():
+                    waiter.handed.cancel()
+            if handed:
+                return handed
 
     def _add_lease(self, input_id: str, function_id: str, container_id: str, attempts: int) -> None:
         self._leases[input_id] = Lease(function_id, container_id, attempts)
@@ -451,10 +518,13 @@ class Dispatcher:
         over; left to the server's shutdown, they would wait out its grace before being cut
         off."""
         self._stopping = True
-        for waiters in [*self._output_waiters.values(), *self._input_waiters.values()]:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(errors.ConnectionError(STOPPING))
+        futures: list[asyncio.Future[Any]] = [
+            *(waiter for waiters in self._output_waiters.values() for waiter in waiters),
+            *(waiter.handed for waiters in self._input_waiters.values() for waiter in waiters),
+        ]
+        for future in futures:
+            if not future.done():
+                future.set_exception(errors.ConnectionError(STOPPING))
 
     def _refuse_if_stopping(self) -> None:
         if self._stopping:

@@ -110,6 +110,11 @@ def _input_rows(
             "args_blob_id": item.args_blob_id,
             "state": schema.QUEUED,
             "available_at": now,
+            # Named in every row, so that one leased at once (`create_call_leasing_first`)
+            # goes in the same many-rows insert as the queued ones.
+            "container_id": None,
+            "lease_expires_at": None,
+            "attempts": 0,
         }
         for item in new_inputs
     ]
@@ -204,6 +209,26 @@ class CallStore:
 
         A call id seen before (the client retrying a request whose answer it lost) stores only
         the inputs it lacks."""
+        _, queued = await self.create_call_leasing_first(
+            call_id, function_id, kind, new_inputs, complete, now, lease_first_to=None
+        )
+        return queued
+
+    async def create_call_leasing_first(
+        self,
+        call_id: str,
+        function_id: str,
+        kind: int,
+        new_inputs: Sequence[NewInput],
+        complete: bool,
+        now: float,
+        *,
+        lease_first_to: tuple[str, float] | None,
+    ) -> tuple[LeasedInput | None, list[QueuedInput]]:
+        """`create_call`, with the first input leased at once to a container, given as
+        `(container_id, lease_expires_at)`: one transaction, where queueing the input and then
+        leasing it take two. Returns the leased input (None when nothing was leased: no
+        container given, or a call id seen before) and the queued ones."""
         if not CALL_ID.match(call_id):
             raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
         async with self._engine.begin() as conn:
@@ -221,10 +246,30 @@ class CallStore:
             )
             if inserted.rowcount == 1:
                 rows = _input_rows(call_id, function_id, new_inputs, now)
+                leased = None
+                if rows and lease_first_to is not None:
+                    container_id, lease_expires_at = lease_first_to
+                    first = rows[0]
+                    first.update(
+                        state=schema.LEASED,
+                        container_id=container_id,
+                        lease_expires_at=lease_expires_at,
+                        attempts=1,
+                    )
+                    leased = LeasedInput(
+                        str(first["id"]),
+                        function_id,
+                        new_inputs[0].idx,
+                        new_inputs[0].args,
+                        new_inputs[0].args_blob_id,
+                        1,
+                        container_id,
+                    )
                 if rows:
                     await conn.execute(_INSERT_INPUT, _one_or_many(rows))
-                return [QueuedInput(row["id"], function_id, now) for row in rows]
-        return await self.put_inputs(call_id, function_id, new_inputs, complete, now)
+                queued = rows[1:] if leased is not None else rows
+                return leased, [QueuedInput(str(row["id"]), function_id, now) for row in queued]
+        return None, await self.put_inputs(call_id, function_id, new_inputs, complete, now)
 
     async def put_inputs(
         self,

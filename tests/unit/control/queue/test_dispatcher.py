@@ -137,6 +137,118 @@ async def test_take_waits_until_an_input_is_enqueued(store, dispatcher, function
     assert [item.input_id for item in leased] == ids
 
 
+async def until_waiting(task: asyncio.Task) -> None:
+    """Let `task` run up to its wait (a few loop turns), failing if it finished instead."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not task.done(), "the request should be waiting"
+
+
+def one_input(idx: int = 0) -> list[NewInput]:
+    return [NewInput(idx, pickle.dumps(((idx,), {})), None)]
+
+
+class CountingTransactions:
+    """Counts the store's transactions (`engine.begin()`), delegating each."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.count = 0
+
+    def begin(self):
+        self.count += 1
+        return self._engine.begin()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+async def test_a_call_made_while_a_container_waits_is_leased_to_it_in_one_transaction(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    counting = CountingTransactions(store.calls._engine)
+    monkeypatch.setattr(store.calls, "_engine", counting)
+    new = await dispatcher.create_call(
+        CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(7), True
+    )
+    [leased] = await asyncio.wait_for(waiting, 5)
+    assert counting.count == 1  # stored and leased together: no lease transaction after it
+    assert new == 1
+    assert (leased.idx, leased.attempts, pickle.loads(leased.args or b"")) == (7, 1, ((7,), {}))
+    [stored] = await store.calls.leased(container_ids=["ta-1"])
+    assert (stored.input_id, stored.attempts) == (leased.input_id, 1)
+    assert dispatcher.holds("ta-1") == {leased.input_id}
+    assert (dispatcher.queued(function_id), dispatcher.running(function_id)) == (0, 1)
+
+
+async def test_a_call_does_not_pass_inputs_queued_before_it(store, dispatcher, function_id) -> None:
+    first = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    second = asyncio.create_task(dispatcher.take(function_id, "ta-2", want=1, wait_s=30))
+    await until_waiting(first)
+    await until_waiting(second)
+    [older] = await submit(store, dispatcher, function_id, 1, call="fc-" + "1" * 16)
+    # ta-1 is woken for the older input but has not run yet: the new call must queue behind it.
+    await dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    [got_first] = await asyncio.wait_for(first, 5)
+    [got_second] = await asyncio.wait_for(second, 5)
+    assert got_first.input_id == older
+    assert got_second.input_id != older
+
+
+async def test_a_container_that_stopped_waiting_is_not_handed_a_call(
+    store, dispatcher, function_id
+) -> None:
+    gone = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(gone)
+    gone.cancel()  # its worker's request went away
+    await asyncio.gather(gone, return_exceptions=True)
+    await dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    assert dispatcher.holds("ta-1") == set()
+    assert dispatcher.queued(function_id) == 1
+
+
+async def test_an_input_handed_to_a_request_that_went_meanwhile_is_sent_on_the_next(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    """The request gave up while the call's transaction ran (PostgreSQL awaits it): the input
+    stays leased to the container, whose next request is sent it."""
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    store_it = store.calls.create_call_leasing_first
+
+    async def request_goes_first(*args, **kwargs):
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        return await store_it(*args, **kwargs)
+
+    monkeypatch.setattr(store.calls, "create_call_leasing_first", request_goes_first)
+    await dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    [again] = await dispatcher.take(function_id, "ta-1", want=1, wait_s=0)
+    assert dispatcher.holds("ta-1") == {again.input_id}
+    assert again.attempts == 1
+
+
+async def test_a_call_sent_again_leases_nothing_twice_and_the_container_keeps_waiting(
+    store, dispatcher, function_id
+) -> None:
+    first = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(first)
+    await dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    [leased] = await asyncio.wait_for(first, 5)
+    second = asyncio.create_task(dispatcher.take(function_id, "ta-2", want=1, wait_s=30))
+    await until_waiting(second)
+    # The client sends the call again (it lost the answer): nothing new, nothing leased.
+    new = await dispatcher.create_call(
+        CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True
+    )
+    assert new == 0
+    await until_waiting(second)  # handed nothing, it went back to waiting
+    assert [item.input_id for item in await store.calls.leased()] == [leased.input_id]
+    second.cancel()
+
+
 async def test_enqueue_tells_the_scheduler_there_is_work(store, dispatcher, function_id) -> None:
     poked: list[str] = []
     dispatcher.on_work = poked.append

@@ -45,6 +45,36 @@ async def states(store: Store, call_id: str = CALL) -> dict[int, str]:
         return dict(rows.all())
 
 
+async def test_create_call_leasing_first_stores_the_first_input_leased_the_rest_queued(
+    store, function_id
+) -> None:
+    leased, queued = await store.calls.create_call_leasing_first(
+        CALL, function_id, MAP, new_inputs(0, 1, 2), True, 10.0, lease_first_to=("ta-1", 40.0)
+    )
+    assert leased is not None
+    assert (leased.input_id, leased.idx, leased.args) == (input_id(CALL, 0), 0, b"args-0")
+    assert (leased.attempts, leased.container_id) == (1, "ta-1")
+    assert [q.input_id for q in queued] == [input_id(CALL, 1), input_id(CALL, 2)]
+    assert await states(store) == {0: schema.LEASED, 1: schema.QUEUED, 2: schema.QUEUED}
+    [stored] = await store.calls.leased(container_ids=["ta-1"])
+    assert (stored.input_id, stored.attempts) == (leased.input_id, 1)
+    assert [item.input_id for item in await store.calls.leased(expired_before=40.5)] == [
+        leased.input_id
+    ]
+
+
+async def test_create_call_leasing_first_leases_nothing_for_a_call_seen_before(
+    store, function_id
+) -> None:
+    await store.calls.create_call(CALL, function_id, MAP, new_inputs(0), False, 10.0)
+    leased, queued = await store.calls.create_call_leasing_first(
+        CALL, function_id, MAP, new_inputs(0, 1), True, 11.0, lease_first_to=("ta-1", 40.0)
+    )
+    assert leased is None
+    assert [q.input_id for q in queued] == [input_id(CALL, 1)]
+    assert await states(store) == {0: schema.QUEUED, 1: schema.QUEUED}
+
+
 def test_input_id_names_its_call_and_position() -> None:
     value = input_id(CALL, 7)
     assert value == "in-" + "ab" * 8 + "-7"
