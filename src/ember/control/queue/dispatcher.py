@@ -7,8 +7,8 @@ it all from the store after a restart.
 
 One input's path: `create_call` (or `enqueue`) queues it ─▶ a container's `take` leases it (a
 container already waiting is leased it by `create_call` itself) ─▶ `report` stores its result
-and wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it back with
-a delay while it has retries left. A run lost because its host failed under it (the worker
+and wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it
+back with a delay while it has retries left. A run lost because its host failed under it (the worker
 stopped or died, its image daemon ended: `RESULT_STATUS_HOST_LOST`) is not the function's
 failure: the input runs again at once without using up a retry, up to `MAX_HOST_LOSSES` times,
 and the app's log says so.
