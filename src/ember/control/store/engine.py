@@ -8,6 +8,11 @@ they take tens of microseconds and never wait on a network, while handing each o
 measured here). PostgreSQL URLs (`postgresql+asyncpg://`) use SQLAlchemy's async engine. The two
 present the same small interface, `Engine`, to the store.
 
+Checkpoints (copying committed pages from the WAL into the database file) run on a thread of
+their own with a connection of their own (`_Checkpointer`), never inside a commit: SQLite would
+otherwise run one inside whichever commit took the WAL past 1,000 pages, on the event loop, every
+few dozen calls (a call's inserts took 5 ms at p99 against 0.4 ms without, measured here).
+
 Space: expired rows are deleted (`ember.control.expiry`), which leaves SQLite free pages. They
 are reused by later inserts, but a file that held two large maps would stay that large; so
 SQLite runs with incremental auto-vacuum, and `reclaim_space` gives free pages back to the file
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +46,8 @@ _INCREMENTAL = 2
 # The WAL is cut back to this after a checkpoint: one large transaction (a map's inputs, an
 # expiry's deletions) would otherwise leave it at its largest size for good.
 WAL_SIZE_LIMIT = 32 << 20
+# How often the checkpointer copies the WAL's committed pages into the database file.
+CHECKPOINT_INTERVAL_S = 0.2
 
 
 class Connection(Protocol):
@@ -74,15 +82,45 @@ class _InlineConnection:
         return self.connection.execute(statement, parameters)
 
 
+class _Checkpointer:
+    """Runs `wal_checkpoint(PASSIVE)` every CHECKPOINT_INTERVAL_S on its own thread and
+    connection. PASSIVE waits for nobody and blocks nobody: it copies what no reader still needs,
+    and the rest the next time. (sqlite3 lets go of the GIL while it works.)"""
+
+    def __init__(self, path: str) -> None:
+        self._connection = sqlite3.connect(path, check_same_thread=False)
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ember-checkpoints", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_INTERVAL_S):
+            try:
+                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as error:  # e.g. a full disk: the WAL keeps the data meanwhile
+                log.warning("checkpointing the database failed: %s", error)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._connection.close()
+
+
 class InlineEngine:
     """A synchronous SQLite engine behind the async interface the store uses.
 
     It holds one connection: statements run inline and never interleave, and a checkout from a
-    pool per transaction cost as much as the statements themselves."""
+    pool per transaction cost as much as the statements themselves. Checkpoints run beside it
+    (`_Checkpointer`)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._connection = _InlineConnection(engine.connect())
+        database = engine.url.database
+        self._checkpointer = (
+            _Checkpointer(database) if database and database != ":memory:" else None
+        )
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[_InlineConnection]:
@@ -93,6 +131,8 @@ class InlineEngine:
         return self.begin()  # a read is a short transaction too: it releases its snapshot
 
     async def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._connection.connection.close()
         self._engine.dispose()
 
@@ -108,6 +148,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
     cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    cursor.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job (see above)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
