@@ -26,6 +26,7 @@ from ember.sdk._sync import run_blocking
 from ember.sdk.function import Function, FunctionSpec, module_name
 from ember.sdk.output import console, output_enabled, show_log
 from ember.sdk.retries import Retries
+from ember.sdk.value import Value
 
 if TYPE_CHECKING:
     from ember.client import Connection
@@ -38,8 +39,8 @@ LOG_DRAIN_MAX_S = 3.0
 
 class LocalEntrypoint:
     """What `@app.local_entrypoint()` makes. Calling it calls the function: an `async def` one
-    gives a coroutine to await, which `ember run` runs in an event loop of its own. (This and
-    `DeployResult` are plain classes, not dataclasses: see `FunctionSpec`.)"""
+    gives a coroutine to await, which `ember run` runs in an event loop of its own. (A plain
+    class, not a dataclass: see `FunctionSpec`.)"""
 
     def __init__(
         self, raw_f: Callable[..., Any], app: App, registered_name: str | None = None
@@ -59,13 +60,12 @@ class LocalEntrypoint:
         return self.raw_f(*args, **kwargs)
 
 
-class DeployResult:
+class DeployResult(Value):
+    __slots__ = ("app_id", "version")
+
     def __init__(self, app_id: str, version: int) -> None:
         self.app_id = app_id
         self.version = version
-
-    def __repr__(self) -> str:
-        return f"DeployResult(app_id={self.app_id!r}, version={self.version})"
 
 
 class _RunningApp:

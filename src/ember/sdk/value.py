@@ -1,7 +1,7 @@
 """`Value`: equality, hashing and a repr from a class's `__slots__`, for the SDK's small immutable
-values (`Retries`, `Image` and its steps). Not dataclasses: containers make these at every cold
-start, and `dataclasses` (which imports `inspect`) with the classes it generates cost more
-there than the rest of the SDK."""
+values (`Retries`, `Image` and its steps, `DeployResult`). Not dataclasses: containers make these
+at every cold start, and `dataclasses` (which imports `inspect`) with the classes it generates
+cost more there than the rest of the SDK."""
 
 from __future__ import annotations
 

@@ -181,6 +181,11 @@ class Dispatcher:
         waiting list; None when none waits, or inputs queued before would be passed over."""
         if self._ready.get(function_id):
             return None
+        return self._next_waiter(function_id)
+
+    def _next_waiter(self, function_id: str) -> _InputWaiter | None:
+        """The longest-waiting request still waiting for the function's inputs, taken off the
+        list (those that gave up meanwhile are dropped on the way)."""
         waiters = self._input_waiters.get(function_id)
         while waiters:
             waiter = waiters.popleft()
@@ -211,12 +216,9 @@ class Dispatcher:
         self.enqueue(due)
 
     def _wake_one(self, function_id: str) -> None:
-        waiters = self._input_waiters.get(function_id)
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.handed.done():
-                waiter.hand([])
-                return
+        waiter = self._next_waiter(function_id)
+        if waiter is not None:
+            waiter.hand([])
 
     # ---- containers take inputs
 
