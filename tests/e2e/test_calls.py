@@ -31,6 +31,18 @@ def test_async_function(basics: Any) -> None:
     assert basics.async_double.remote(21) == 42
 
 
+def test_a_result_only_cloudpickle_can_pickle_comes_back_by_value(basics: Any) -> None:
+    assert basics.make_adder.remote(2)(3) == 5
+
+
+def test_a_plain_result_comes_back_whole(basics: Any) -> None:
+    assert basics.plain_record.remote(4) == {
+        "n": 4,
+        "squares": [0, 1, 4, 9],
+        "raw": b"\x00\x01\x02\x03",
+    }
+
+
 def test_map_keeps_input_order(basics: Any) -> None:
     assert list(basics.square.map(range(50))) == [x * x for x in range(50)]
 

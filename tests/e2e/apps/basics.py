@@ -47,6 +47,18 @@ def fail_with_container_only_class() -> None:
 
 
 @app.function()
+def make_adder(n: int):
+    """Return a closure: the standard pickler refuses it, so it comes back through cloudpickle."""
+    return lambda x: x + n
+
+
+@app.function()
+def plain_record(n: int) -> dict:
+    """A plain result, which the standard pickler writes."""
+    return {"n": n, "squares": [i * i for i in range(n)], "raw": bytes(range(n))}
+
+
+@app.function()
 def countdown(n: int):
     yield from range(n, 0, -1)
 
