@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ember.client import Connection
 from ember.proto import api_pb2
@@ -38,18 +40,21 @@ class ContainerLogs:
         self._streams = list(streams)
         self._offsets = [0] * len(self._streams)
         self._partial = [b""] * len(self._streams)
+        # Each file is kept open once it exists: before every result the worker asks whether
+        # anything is new, and the size of an open file costs less to read than a path's (the
+        # four `stat` calls were 8% of the worker's time in a round trip).
+        self._files: list[BinaryIO | None] = [None] * len(self._streams)
 
     def read_new(self, final: bool = False) -> list[api_pb2.LogEntry]:
         entries = []
-        for index, (fd, path) in enumerate(self._streams):
-            try:
-                if path.stat().st_size <= self._offsets[index] and not final:
-                    continue  # nothing new: the common case, checked without opening the file
-                with path.open("rb") as file:
-                    file.seek(self._offsets[index])
-                    data = file.read()
-            except FileNotFoundError:
+        for index, (fd, _path) in enumerate(self._streams):
+            file = self._file(index)
+            if file is None:
                 continue
+            if os.fstat(file.fileno()).st_size <= self._offsets[index] and not final:
+                continue  # nothing new: the common case
+            file.seek(self._offsets[index])
+            data = file.read()
             self._offsets[index] += len(data)
             data = self._partial[index] + data
             lines = data.splitlines(keepends=True)
@@ -66,6 +71,21 @@ class ContainerLogs:
                 entries.append(entry)
         return entries
 
+    def _file(self, index: int) -> BinaryIO | None:
+        file = self._files[index]
+        if file is None:
+            try:
+                file = self._files[index] = self._streams[index][1].open("rb")
+            except FileNotFoundError:  # not written yet
+                return None
+        return file
+
+    def close(self) -> None:
+        for file in self._files:
+            if file is not None:
+                file.close()
+        self._files = [None] * len(self._streams)
+
 
 class LogShipper:
     def __init__(self, conn: Connection) -> None:
@@ -80,11 +100,15 @@ class LogShipper:
 
     async def flush(self, container_id: str, final: bool = False) -> None:
         logs = self._containers.get(container_id)
-        if logs is not None:
-            async with self._sending:
-                await self._send(logs.read_new(final))
-        if final:
-            self._containers.pop(container_id, None)
+        try:
+            if logs is not None:
+                async with self._sending:
+                    await self._send(logs.read_new(final))
+        finally:
+            if final:
+                self._containers.pop(container_id, None)
+                if logs is not None:
+                    logs.close()
 
     async def _send(self, entries: list[api_pb2.LogEntry]) -> None:
         if entries:

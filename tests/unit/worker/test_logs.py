@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from ember.worker.logs import ContainerLogs
+from ember.proto import api_pb2
+from ember.worker.logs import ContainerLogs, LogShipper
 
 
 def lines(logs: ContainerLogs, final: bool = False) -> list[tuple[int, str]]:
@@ -53,3 +55,39 @@ def test_the_harness_writes_its_output_straight_to_the_named_files(tmp_path: Pat
     assert result.stdout == "" and result.stderr == ""
     assert stdout.read_text() == "from python\nfrom a subprocess\n"
     assert stderr.read_text() == "to stderr\n"
+
+
+def open_files_under(directory: Path) -> list[str]:
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [name for name in names if name.startswith(str(directory))]
+
+
+def test_a_file_made_after_watching_began_is_read_from_its_start(tmp_path: Path) -> None:
+    logs = ContainerLogs("ap-1", "f", "ta-1", [(1, tmp_path / "out")])
+    assert lines(logs) == []
+    (tmp_path / "out").write_text("late\n")
+    assert lines(logs) == [(1, "late\n")]
+
+
+async def test_the_final_flush_closes_the_containers_files(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("one\n")
+    (tmp_path / "err").write_text("")
+    sent: list[str] = []
+
+    class Conn:
+        workers = type("Workers", (), {"LogsPut": None})
+
+        async def call(self, _method: object, request: api_pb2.LogsPutRequest) -> None:
+            sent.extend(entry.data for entry in request.entries)
+
+    shipper = LogShipper(Conn())  # type: ignore[arg-type]
+    shipper.watch(
+        "ta-1", ContainerLogs("ap-1", "f", "ta-1", [(1, tmp_path / "out"), (2, tmp_path / "err")])
+    )
+    await shipper.flush("ta-1")
+    assert sent == ["one\n"] and len(open_files_under(tmp_path)) == 2
+    await shipper.flush("ta-1", final=True)
+    assert open_files_under(tmp_path) == []

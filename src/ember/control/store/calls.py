@@ -15,17 +15,17 @@ reported twice (a worker retrying after the control plane restarted) is stored o
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from ember import errors
 from ember.control.store import schema
-from ember.control.store.dialect import insert_ignore, insert_ignore_for
-from ember.control.store.engine import Engine
+from ember.control.store.dialect import insert_ignore_for
+from ember.control.store.engine import Engine, Prepared
 from ember.proto import api_pb2
 
 CALL_ID = re.compile(r"^fc-[0-9a-f]{16,32}$")
@@ -97,9 +97,26 @@ class FinalResult:
     finishes_input: bool  # False for an item a generator yielded
 
 
+_INPUT_COLUMNS = (
+    "id",
+    "call_id",
+    "function_id",
+    "idx",
+    "args",
+    "args_blob_id",
+    "state",
+    "available_at",
+    "container_id",
+    "lease_expires_at",
+    "attempts",
+)
+
+
 def _input_rows(
     call_id: str, function_id: str, new_inputs: Sequence[NewInput], now: float
 ) -> list[dict[str, object]]:
+    # Every column of _INPUT_COLUMNS in every row, so that one leased at once
+    # (`create_call_leasing_first`) goes in the same statement as the queued ones.
     return [
         {
             "id": input_id(call_id, item.idx),
@@ -110,8 +127,6 @@ def _input_rows(
             "args_blob_id": item.args_blob_id,
             "state": schema.QUEUED,
             "available_at": now,
-            # Named in every row, so that one leased at once (`create_call_leasing_first`)
-            # goes in the same many-rows insert as the queued ones.
             "container_id": None,
             "lease_expires_at": None,
             "attempts": 0,
@@ -120,11 +135,45 @@ def _input_rows(
     ]
 
 
+def _binds(*names: str) -> dict[str, sa.BindParameter[Any]]:
+    return {name: sa.bindparam(name) for name in names}
+
+
 # The statements on every call's path, made once: run with parameters, SQLAlchemy reuses their
-# compiled form (building a statement per call cost more than running it).
+# compiled form (building a statement per call cost more than running it). Those `Prepared`
+# run on the driver's cursor where the engine allows (see `ember.control.store.engine`).
 _i = schema.inputs.c
 _o = schema.outputs.c
-_INSERT_INPUT = schema.inputs.insert()
+_CALL_COLUMNS = (
+    "id",
+    "function_id",
+    "kind",
+    "created_at",
+    "num_inputs",
+    "inputs_complete",
+    "cancelled",
+)
+_INSERT_CALL = Prepared(
+    lambda dialect: insert_ignore_for(dialect, schema.calls).values(_binds(*_CALL_COLUMNS))
+)
+_INSERT_INPUT = Prepared.of(schema.inputs.insert().values(_binds(*_INPUT_COLUMNS)))
+_OUTPUT_COLUMNS = ("call_id", "input_id", "idx", "gen_index", "result", "result_blob_id")
+# Outputs stored, skipping any stored before; returns those stored now.
+_STORE_OUTPUT = Prepared(
+    lambda dialect: (
+        insert_ignore_for(dialect, schema.outputs)
+        .values(_binds(*_OUTPUT_COLUMNS))
+        # (In the parameters' order where one statement stores many: PostgreSQL's.)
+        .returning(
+            _o.seq, _o.call_id, _o.idx, _o.gen_index, _o.result, sort_by_parameter_order=True
+        )
+    )
+)
+_FINISH_INPUT = Prepared.of(
+    schema.inputs.update()
+    .where(_i.id == sa.bindparam("input_id"))
+    .values(state=schema.DONE, args=None, lease_expires_at=None)
+)
 
 
 def _in_state(state: str) -> sa.ColumnElement[bool]:
@@ -145,11 +194,6 @@ _LEASE = (
         attempts=_i.attempts + 1,
     )
     .returning(_i.id, _i.function_id, _i.idx, _i.args, _i.args_blob_id, _i.attempts)
-)
-_FINISH = (
-    schema.inputs.update()
-    .where(_i.id.in_(sa.bindparam("ids", expanding=True)))
-    .values(state=schema.DONE, args=None, lease_expires_at=None)
 )
 _OUTPUTS_AFTER = (
     sa.select(_o.seq, _o.idx, _o.gen_index, _o.result)
@@ -176,20 +220,6 @@ def result_blob_id(result: bytes) -> str | None:
     if b"bl-" not in result:
         return None
     return api_pb2.Result.FromString(result).data.blob_id or None
-
-
-def _one_or_many(rows: list[dict[str, object]]) -> dict[str, object] | list[dict[str, object]]:
-    """One row as a plain execution: SQLAlchemy's many-rows path costs more for a single row
-    (the common case: one `.remote()`, one result)."""
-    return rows[0] if len(rows) == 1 else rows
-
-
-@functools.cache
-def _store_outputs(dialect_name: str) -> sa.Insert:
-    """Insert outputs, skipping any stored before, returning those stored now."""
-    return insert_ignore_for(dialect_name, schema.outputs).returning(
-        _o.seq, _o.call_id, _o.idx, _o.gen_index, _o.result, sort_by_parameter_order=True
-    )
 
 
 class CallStore:
@@ -232,8 +262,8 @@ class CallStore:
         if not CALL_ID.match(call_id):
             raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
         async with self._engine.begin() as conn:
-            inserted = await conn.execute(
-                insert_ignore(conn, schema.calls),
+            inserted = await conn.run(
+                _INSERT_CALL,
                 {
                     "id": call_id,
                     "function_id": function_id,
@@ -266,7 +296,7 @@ class CallStore:
                         container_id,
                     )
                 if rows:
-                    await conn.execute(_INSERT_INPUT, _one_or_many(rows))
+                    await conn.run(_INSERT_INPUT, rows)
                 queued = rows[1:] if leased is not None else rows
                 return leased, [QueuedInput(str(row["id"]), function_id, now) for row in queued]
         return None, await self.put_inputs(call_id, function_id, new_inputs, complete, now)
@@ -294,7 +324,7 @@ class CallStore:
                 )
                 rows = [row for row in rows if row["id"] not in existing]
             if rows:
-                await conn.execute(schema.inputs.insert(), rows)
+                await conn.run(_INSERT_INPUT, rows)
             values: dict[str, object] = {
                 "num_inputs": sa.select(sa.func.count())
                 .select_from(schema.inputs)
@@ -383,12 +413,11 @@ class CallStore:
                     row["gen_index"] = (
                         await conn.execute(_NEXT_GEN_INDEX, {"input_id": row["input_id"]})
                     ).scalar_one()
-            stored = await conn.execute(_store_outputs(conn.dialect.name), _one_or_many(rows))
-            stored_rows = stored.all()  # read before the commit
+            stored = await conn.run(_STORE_OUTPUT, rows)
             if finished:
-                await conn.execute(_FINISH, {"ids": finished})
+                await conn.run(_FINISH_INPUT, [{"input_id": value} for value in finished])
         by_call: dict[str, list[StoredOutput]] = {}
-        for seq, call_id, idx, gen_index, result in stored_rows:
+        for seq, call_id, idx, gen_index, result in stored.rows:
             by_call.setdefault(call_id, []).append(StoredOutput(seq, idx, gen_index, result))
         return by_call
 

@@ -8,6 +8,11 @@ they take tens of microseconds and never wait on a network, while handing each o
 measured here). PostgreSQL URLs (`postgresql+asyncpg://`) use SQLAlchemy's async engine. The two
 present the same small interface, `Engine`, to the store.
 
+The statements every `.remote()` runs are `Prepared`: compiled once, and on SQLite run straight on
+the driver's cursor. Through SQLAlchemy's execution (its cache key, parameter and result set-up)
+a call's two transactions took 335 us at p50, prepared 190 us, measured here (SQLite's own work
+is most of the rest). Every other statement goes through SQLAlchemy.
+
 Checkpoints (copying committed pages from the WAL into the database file) run on a thread of
 their own with a connection of their own (`_Checkpointer`), every 50 ms, so that the WAL is
 rarely long enough for SQLite's own checkpoint inside a commit (at 1,000 pages), which runs on
@@ -30,15 +35,16 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +59,100 @@ WAL_SIZE_LIMIT = 32 << 20
 CHECKPOINT_INTERVAL_S = 0.05
 
 
+Parameters = Mapping[str, Any]
+
+
+class Prepared:
+    """A statement on every call's path. Its binds are named, and it is made per dialect by
+    `make(dialect_name)` (the spelling of some statements differs). Run with `Connection.run`."""
+
+    def __init__(self, make: Callable[[str], sa.Executable]) -> None:
+        self._make = make
+        self._statements: dict[str, sa.Executable] = {}
+        self._compiled: dict[str, _Compiled] = {}
+
+    @classmethod
+    def of(cls, statement: sa.Executable) -> Prepared:
+        """One statement for every dialect."""
+        return cls(lambda _dialect_name: statement)
+
+    def statement(self, dialect: sa.Dialect) -> sa.Executable:
+        made = self._statements.get(dialect.name)
+        if made is None:
+            made = self._statements[dialect.name] = self._make(dialect.name)
+        return made
+
+    def compiled(self, dialect: sa.Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = _Compiled.of(self.statement(dialect), dialect)
+        return compiled
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement's SQL and what the driver's cursor needs to run it as SQLAlchemy would: its
+    positional parameters in order (a bound literal's value where the caller names none), the
+    bind types' conversions, and the returned columns' conversions."""
+
+    sql: str
+    binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
+    results: tuple[Callable[[Any], Any] | None, ...]
+    returns_rows: bool
+
+    @classmethod
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect) -> _Compiled:
+        compiled = statement.compile(dialect=dialect)
+        if compiled.positiontup is None:
+            raise TypeError(f"a prepared statement needs positional parameters: {compiled}")
+        binds = []
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            if bind.expanding:
+                raise TypeError(f"a prepared statement cannot expand {name!r}: {compiled}")
+            binds.append((name, bind.value, bind.type.bind_processor(dialect)))
+        columns = list(getattr(statement, "exported_columns", ()))
+        return cls(
+            compiled.string,
+            tuple(binds),
+            tuple(column.type.result_processor(dialect, None) for column in columns),
+            bool(columns),
+        )
+
+    def values(self, parameters: Parameters) -> tuple[Any, ...]:
+        out = []
+        for name, default, process in self.binds:
+            value = parameters.get(name, default)
+            out.append(value if process is None or value is None else process(value))
+        return tuple(out)
+
+    def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not any(self.results):
+            return raw
+        return tuple(
+            value if process is None else process(value)
+            for value, process in zip(raw, self.results, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What running a prepared statement gave: the rows it returned, in order, and how many rows
+    it changed."""
+
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+
 class Connection(Protocol):
     @property
     def dialect(self) -> sa.Dialect: ...
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]: ...
+
+    async def run(self, prepared: Prepared, parameters: Parameters | Sequence[Parameters]) -> Ran:
+        """Run a prepared statement once, or once per set of parameters (a sequence)."""
+        ...
 
 
 class Engine(Protocol):
@@ -80,9 +175,71 @@ class _InlineConnection:
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
         self.dialect = connection.dialect
+        # The same connection as SQLAlchemy's: a statement run on it is in the transaction
+        # SQLAlchemy began (the driver begins it before the first write) and commits.
+        self._driver: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
         return self.connection.execute(statement, parameters)
+
+    async def run(self, prepared: Prepared, parameters: Parameters | Sequence[Parameters]) -> Ran:
+        compiled = prepared.compiled(self.dialect)
+        each = [parameters] if isinstance(parameters, Mapping) else parameters
+        cursor = self._driver.cursor()
+        try:
+            if not compiled.returns_rows:
+                if len(each) == 1:
+                    cursor.execute(compiled.sql, compiled.values(each[0]))
+                else:
+                    cursor.executemany(compiled.sql, [compiled.values(p) for p in each])
+                return Ran([], cursor.rowcount)
+            # The driver returns no rows from executemany: one execution per set.
+            rows, rowcount = [], 0
+            for one in each:
+                cursor.execute(compiled.sql, compiled.values(one))
+                rows.extend(compiled.row(row) for row in cursor.fetchall())
+                rowcount += cursor.rowcount
+            return Ran(rows, rowcount)
+        finally:
+            cursor.close()
+
+
+class _AsyncConnection:
+    """SQLAlchemy's async connection (PostgreSQL), with `run`: prepared statements go through
+    SQLAlchemy's execution there, as every other statement does."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self.dialect = connection.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        return await self._connection.execute(statement, parameters)
+
+    async def run(self, prepared: Prepared, parameters: Parameters | Sequence[Parameters]) -> Ran:
+        many = not isinstance(parameters, Mapping)
+        result = await self._connection.execute(
+            prepared.statement(self.dialect), list(parameters) if many else parameters
+        )
+        rows = [tuple(row) for row in result] if result.returns_rows else []
+        return Ran(rows, result.rowcount)
+
+
+class _AsyncEngine:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[_AsyncConnection]:
+        async with self._engine.begin() as connection:
+            yield _AsyncConnection(connection)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[_AsyncConnection]:
+        async with self._engine.connect() as connection:
+            yield _AsyncConnection(connection)
+
+    async def dispose(self) -> None:
+        await self._engine.dispose()
 
 
 class _Checkpointer:
@@ -179,7 +336,7 @@ async def open_engine(url: str) -> Engine:
     async_engine = create_async_engine(url)
     async with async_engine.begin() as connection:
         await connection.run_sync(_upgrade_to_head)
-    return async_engine  # type: ignore[return-value]
+    return _AsyncEngine(async_engine)
 
 
 def _convert_to_incremental(raw: Any) -> None:
