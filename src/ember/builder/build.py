@@ -126,7 +126,7 @@ async def _build(
     # container's (unmounted with everything else under `scratch` when the step ends).
     disk_dir = scratch / "disk"
     disk_dir.mkdir()
-    await disk.make_disk(scratch / "disk.img", disk_dir, BUILD_DISK_MB)
+    await disk.make_disk(scratch / "disk.img", disk_dir, BUILD_DISK_MB, host.work_dir / "disks")
     upper = disk_dir / "upper"
     upper.mkdir()
     if step.kind == "run":

@@ -8,6 +8,7 @@ Layout under `state_dir`:
                         and work/, the writable layer, unless the caller brings its own, see
                         `ContainerConfig.upper_dir`); stdout and stderr (the logs); pid
                         (written by runc once started)
+    disk-templates/     an empty file system of each disk size, copied for each disk
 
 The overlay root itself is mounted at `roots_dir/<id>` (under /run/ember by default): runc
 mounts it from inside the container's user namespace, whose root is an unprivileged host id
@@ -66,6 +67,7 @@ class RuncRuntime:
         self._state_dir = state_dir
         self._containers = state_dir / "containers"
         self._runc_root = state_dir / "runc"
+        self._disk_templates = state_dir / "disk-templates"  # see `disk.py`
         self._runc = runc
         self.ids = ids or IdMapping()
         self._namespace = userns.UserNamespace(self.ids)
@@ -101,7 +103,9 @@ class RuncRuntime:
         if config.upper_dir is None:
             disk_dir = directory / "disk"
             disk_dir.mkdir()
-            await disk.make_disk(directory / "disk.img", disk_dir, config.disk_mb)
+            await disk.make_disk(
+                directory / "disk.img", disk_dir, config.disk_mb, self._disk_templates
+            )
             upper, work = disk_dir / "upper", disk_dir / "work"
             upper.mkdir()
         else:
