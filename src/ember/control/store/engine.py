@@ -60,6 +60,7 @@ CHECKPOINT_INTERVAL_S = 0.05
 
 
 Parameters = Mapping[str, Any]
+_REQUIRED = object()  # a bind the caller must give a value for
 
 
 class Prepared:
@@ -92,8 +93,9 @@ class Prepared:
 @dataclass(frozen=True)
 class _Compiled:
     """A statement's SQL and what the driver's cursor needs to run it as SQLAlchemy would: its
-    positional parameters in order (a bound literal's value where the caller names none), the
-    bind types' conversions, and the returned columns' conversions."""
+    positional parameters in order (a bound literal's value where the caller names none, and an
+    error where a parameter has neither), the bind types' conversions, and the returned columns'
+    conversions."""
 
     sql: str
     binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
@@ -110,7 +112,8 @@ class _Compiled:
             bind = compiled.binds[name]
             if bind.expanding:
                 raise TypeError(f"a prepared statement cannot expand {name!r}: {compiled}")
-            binds.append((name, bind.value, bind.type.bind_processor(dialect)))
+            default = _REQUIRED if bind.required else bind.value
+            binds.append((name, default, bind.type.bind_processor(dialect)))
         columns = list(getattr(statement, "exported_columns", ()))
         return cls(
             compiled.string,
@@ -123,6 +126,8 @@ class _Compiled:
         out = []
         for name, default, process in self.binds:
             value = parameters.get(name, default)
+            if value is _REQUIRED:
+                raise KeyError(f"no value for the parameter {name!r} of {self.sql}")
             out.append(value if process is None or value is None else process(value))
         return tuple(out)
 

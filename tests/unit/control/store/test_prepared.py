@@ -95,3 +95,9 @@ async def test_a_statement_that_expands_a_list_is_refused(table: Store) -> None:
     async with table.engine.begin() as conn:
         with pytest.raises(TypeError, match="cannot expand 'names'"):
             await conn.run(expanding, {"names": ["a"]})
+
+
+async def test_a_parameter_left_out_is_an_error_not_a_null(table: Store) -> None:
+    async with table.engine.begin() as conn:
+        with pytest.raises(KeyError, match="'weight'"):
+            await conn.run(INSERT, {"name": "a", "kept": True})
