@@ -62,7 +62,8 @@ DELIVERABLE = (api_pb2.CALL_KIND_REMOTE, api_pb2.CALL_KIND_MAP)
 
 # Work is done in pieces, with the event loop let go in between: statements run on it (SQLite).
 _CALLS_PER_QUERY = 1000
-_ROWS_PER_DELETE = 2000
+_ROWS_PER_DELETE = 250
+_CALLS_PER_DELETE = 100
 _LOG_LINES_PER_DELETE = 5000
 # Free pages are given back once there are this many (4 MiB at SQLite's 4 KiB pages), so much
 # at a time; below that, the next inserts reuse them.
@@ -212,17 +213,14 @@ class Expiry:
 
     async def _delete_expired(self, now: float) -> tuple[int, int]:
         calls = rows = 0
-        while expired := await self._store.expiry.expired(now, _CALLS_PER_QUERY):
-            for call_id in expired:
-                while deleted := await self._store.expiry.delete_rows(
-                    call_id, now, _ROWS_PER_DELETE
-                ):
-                    rows += deleted
-                    await asyncio.sleep(0)
-                calls += 1
-            if len(expired) < _CALLS_PER_QUERY:
-                break
-        return calls, rows
+        while True:
+            gone_calls, gone_rows = await self._store.expiry.delete_expired(
+                now, _CALLS_PER_DELETE, _ROWS_PER_DELETE
+            )
+            if not gone_rows:
+                return calls, rows
+            calls, rows = calls + gone_calls, rows + gone_rows
+            await asyncio.sleep(0)
 
     async def _delete_old_logs(self, now: float) -> int:
         cutoff = now - self.policy.retention_s

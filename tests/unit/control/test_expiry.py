@@ -129,6 +129,26 @@ async def test_a_call_past_its_retention_is_deleted_with_its_inputs_and_outputs(
         await store.calls.get_call(cid)
 
 
+async def test_expired_calls_go_many_to_a_transaction(store, clock, expiry) -> None:
+    """A pass deletes expired calls in pieces of many calls: one at a time, a pass over tens
+    of thousands of `.remote()` calls kept the control plane's loop busy for most of a minute."""
+    _, function_id = await make_app(store, clock)
+    for n in range(300):
+        await run_call(store, clock, function_id, n, SPAWN)
+    await expiry.run_once()
+    clock.advance(RETENTION_S + 1)
+    begun: list[str] = []
+    raw = store.engine.raw_connection()
+    raw.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    try:
+        report = await expiry.run_once()
+    finally:
+        raw.set_trace_callback(None)
+    assert (report.calls_deleted, report.rows_deleted) == (300, 900)
+    # 900 rows in pieces of 250 rows of at most 100 calls, and the look for more: not 600
+    assert len(begun) <= 12
+
+
 async def test_many_calls_finish_and_go_in_one_pass(store, clock, expiry) -> None:
     """Several calls in one pass: the statements run once per call (an executemany), which an
     expanding IN parameter in them once broke, failing every pass of the control plane's loop."""

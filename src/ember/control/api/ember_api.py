@@ -185,10 +185,12 @@ class EmberService(api_pb2_grpc.EmberServicer):
 
     async def FunctionCalls(
         self, requests: AsyncIterator[api_pb2.FunctionCallRequest], context: Context
-    ) -> AsyncIterator[api_pb2.FunctionCallResponse]:
+    ) -> None:
         """The calls of one client on one stream: each request is answered on its own, when
-        ready; a failure answers its request alone and leaves the stream open."""
-        answers: asyncio.Queue[api_pb2.FunctionCallResponse] = asyncio.Queue()
+        ready; a failure answers its request alone and leaves the stream open. (Each answer is
+        written by the task that made it, one at a time: through a queue it took a loop turn
+        more.)"""
+        writing = asyncio.Lock()
 
         async def answer(request: api_pb2.FunctionCallRequest) -> None:
             try:
@@ -198,19 +200,12 @@ class EmberService(api_pb2_grpc.EmberServicer):
                     error_code=status_code(error).name, error_message=str(error)
                 )
             response.call_id = request.call_id
-            answers.put_nowait(response)
+            async with writing:
+                await context.write(response)
 
-        async def take_requests() -> None:
-            async with asyncio.TaskGroup() as group:
-                async for request in requests:
-                    group.create_task(answer(request))
-
-        reading = asyncio.create_task(take_requests())
-        try:
-            while True:
-                yield await answers.get()
-        finally:
-            reading.cancel()
+        async with asyncio.TaskGroup() as group:
+            async for request in requests:
+                group.create_task(answer(request))
 
     async def _function_call(
         self, request: api_pb2.FunctionCallRequest

@@ -1,5 +1,5 @@
 """What the store keeps for expiry: the blob ids of outputs (also for outputs stored before the
-column existed), chunked deletion of a call's rows, and a call revived by a late input."""
+column existed), chunked deletion of expired calls' rows, and a call revived by a late input."""
 
 import sqlalchemy as sa
 
@@ -67,17 +67,21 @@ async def test_outputs_stored_before_the_column_get_their_blob_ids(tmp_path) -> 
         await store.close()
 
 
-async def test_an_expired_call_is_deleted_a_chunk_at_a_time_outputs_first(
+async def test_expired_calls_are_deleted_a_chunk_at_a_time_outputs_first(
     store, make_function
 ) -> None:
     function_id = await make_function()
     await finished_map(store, function_id, 5)
-    await store.expiry.mark_finished([(CALL, 10.0, 20.0)], stranded_before=0.0)
-    assert await store.expiry.delete_rows(CALL, 20.0, chunk=4) == 4
+    other = "fc-" + "ef" * 8
+    await store.calls.create_call(other, function_id, MAP, [NewInput(0, b"a", None)], True, 1.0)
+    await store.calls.cancel(other)  # one input, no output
+    await store.expiry.mark_finished([(CALL, 10.0, 20.0), (other, 10.0, 20.0)], 0.0)
+    assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (0, 4)
     assert len(await store.calls.outputs_after(CALL, 0, 10)) == 1
-    assert await store.expiry.delete_rows(CALL, 20.0, chunk=4) == 4  # 1 output, 3 inputs
-    assert await store.expiry.delete_rows(CALL, 20.0, chunk=4) == 3  # 2 inputs, the call
-    assert await store.expiry.delete_rows(CALL, 20.0, chunk=4) == 0
+    assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (0, 4)  # 1 out, 3 in
+    # The last 3 inputs (2 of the map, the other's), then both calls, left with no rows
+    assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (2, 5)
+    assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (0, 0)
     assert await store.expiry.expired(100.0, 10) == []
 
 
@@ -85,8 +89,20 @@ async def test_a_call_not_yet_expired_is_not_deleted(store, make_function) -> No
     function_id = await make_function()
     await finished_map(store, function_id, 2)
     await store.expiry.mark_finished([(CALL, 10.0, 20.0)], stranded_before=0.0)
-    assert await store.expiry.delete_rows(CALL, 19.0, chunk=100) == 0
+    assert await store.expiry.delete_expired(19.0, calls=10, chunk=100) == (0, 0)
     assert len(await store.calls.outputs_after(CALL, 0, 10)) == 2
+
+
+async def test_the_calls_that_expired_soonest_go_first(store, make_function) -> None:
+    function_id = await make_function()
+    later, sooner = "fc-" + "01" * 8, "fc-" + "02" * 8
+    for call_id in (later, sooner):
+        new = [NewInput(0, b"a", None)]
+        await store.calls.create_call(call_id, function_id, MAP, new, True, 1.0)
+        await store.calls.cancel(call_id)
+    await store.expiry.mark_finished([(later, 10.0, 30.0), (sooner, 10.0, 20.0)], 0.0)
+    assert await store.expiry.delete_expired(40.0, calls=1, chunk=100) == (1, 2)
+    assert await store.expiry.expired(100.0, 10) == [later]
 
 
 async def test_a_late_input_clears_a_calls_expiry(store, make_function) -> None:
