@@ -17,6 +17,7 @@ and the app's log says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -259,8 +260,21 @@ class Dispatcher:
             finally:
                 if not waiter.handed.done():
                     waiter.handed.cancel()
+                self._forget_waiter(function_id, waiter)
             if handed:
                 return handed
+
+    def _forget_waiter(self, function_id: str, waiter: _InputWaiter) -> None:
+        """Take a request that stopped waiting off the list, if nothing took it off: a
+        container idle for a day asks again every 30 s, and each request that timed out would
+        stay there until an input came."""
+        waiters = self._input_waiters.get(function_id)
+        if waiters is None:
+            return
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+        if not waiters:
+            del self._input_waiters[function_id]
 
     def _add_lease(self, input_id: str, function_id: str, container_id: str, attempts: int) -> None:
         self._leases[input_id] = Lease(function_id, container_id, attempts)

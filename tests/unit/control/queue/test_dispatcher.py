@@ -1,11 +1,13 @@
 """The dispatcher over a real store and a fake clock: leases, results, retries, exits, restarts."""
 
 import asyncio
+import gc
 import pickle
 
 import pytest
 
 from ember import errors
+from ember.control.queue import dispatcher as dispatcher_module
 from ember.control.queue.dispatcher import LEASE_S, MAX_HOST_LOSSES, Dispatcher
 from ember.control.store import NewInput, Store, schema
 from ember.proto import api_pb2
@@ -135,6 +137,21 @@ async def test_take_waits_until_an_input_is_enqueued(store, dispatcher, function
     dispatcher.enqueue(await store.calls.queued())
     leased = await asyncio.wait_for(waiting, 5)
     assert [item.input_id for item in leased] == ids
+
+
+async def test_requests_that_stopped_waiting_are_not_kept(dispatcher, function_id) -> None:
+    """An idle container asks again and again; the requests that timed out are not kept (the
+    last one's may live on a little, in its own exception's traceback)."""
+
+    async def waiters_left_after(requests: int) -> int:
+        for _ in range(requests):
+            assert await dispatcher.take(function_id, "ta-idle", want=1, wait_s=0.001) == []
+        gc.collect()
+        live = [o for o in gc.get_objects() if isinstance(o, dispatcher_module._InputWaiter)]
+        return sum(waiter.container_id == "ta-idle" for waiter in live)
+
+    assert await waiters_left_after(20) <= 1
+    assert await waiters_left_after(20) <= 1
 
 
 async def until_waiting(task: asyncio.Task) -> None:
