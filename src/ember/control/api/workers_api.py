@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -82,11 +81,7 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         self, request: api_pb2.ContainerExchangeRequest
     ) -> api_pb2.ContainerExchangeResponse:
         plane = self._plane
-        if request.results:
-            await plane.dispatcher.report(request.container_id, list(request.results))
-            # Let the callers just woken send their answers before this request goes on to
-            # wait for the container's next input.
-            await asyncio.sleep(0)
+        await plane.dispatcher.report(request.container_id, list(request.results))
         container = plane.cluster.containers.get(request.container_id)
         if container is None or container.state == schema.STOPPING:
             return api_pb2.ContainerExchangeResponse(stop=True)
