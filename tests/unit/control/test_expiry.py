@@ -145,8 +145,8 @@ async def test_expired_calls_go_many_to_a_transaction(store, clock, expiry) -> N
     finally:
         raw.set_trace_callback(None)
     assert (report.calls_deleted, report.rows_deleted) == (300, 900)
-    # 900 rows in pieces of 250 rows of at most 100 calls, and the look for more: not 600
-    assert len(begun) <= 12
+    # 900 rows in pieces of 100 rows of at most 50 calls, and the look for more: not 600
+    assert len(begun) <= 20
 
 
 async def test_many_calls_finish_and_go_in_one_pass(store, clock, expiry) -> None:
