@@ -227,14 +227,6 @@ class ExpiryStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(statement, rows)).rowcount
 
-    async def expired(self, now: float, limit: int) -> list[str]:
-        """Calls whose rows may go by `now`, soonest first."""
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(_c.id).where(_c.expires_at <= now).order_by(_c.expires_at).limit(limit)
-            )
-            return list(rows.scalars())
-
     async def delete_expired(self, now: float, calls: int, chunk: int) -> tuple[int, int]:
         """Delete up to `chunk` rows of the `calls` calls that expired soonest by `now`, in one
         transaction: outputs, then inputs, then the call rows left with neither. Returns (calls

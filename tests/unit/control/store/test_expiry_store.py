@@ -5,6 +5,7 @@ import sqlalchemy as sa
 
 from ember.control.store import FinalResult, NewInput, Store, input_id, schema, sqlite_url
 from ember.proto import api_pb2
+from tests.unit.control.store.expired import expired_calls
 from tests.unit.control.store.old_database import database_at
 
 CALL = "fc-" + "cd" * 8
@@ -82,7 +83,7 @@ async def test_expired_calls_are_deleted_a_chunk_at_a_time_outputs_first(
     # The last 3 inputs (2 of the map, the other's), then both calls, left with no rows
     assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (2, 5)
     assert await store.expiry.delete_expired(20.0, calls=10, chunk=4) == (0, 0)
-    assert await store.expiry.expired(100.0, 10) == []
+    assert await expired_calls(store, 100.0) == []
 
 
 async def test_a_call_not_yet_expired_is_not_deleted(store, make_function) -> None:
@@ -102,7 +103,7 @@ async def test_the_calls_that_expired_soonest_go_first(store, make_function) -> 
         await store.calls.cancel(call_id)
     await store.expiry.mark_finished([(later, 10.0, 30.0), (sooner, 10.0, 20.0)], 0.0)
     assert await store.expiry.delete_expired(40.0, calls=1, chunk=100) == (1, 2)
-    assert await store.expiry.expired(100.0, 10) == [later]
+    assert await expired_calls(store, 100.0) == [later]
 
 
 async def test_a_late_input_clears_a_calls_expiry(store, make_function) -> None:
@@ -111,7 +112,7 @@ async def test_a_late_input_clears_a_calls_expiry(store, make_function) -> None:
     await store.calls.cancel(CALL)  # no work left: it may be marked
     assert await store.expiry.mark_finished([(CALL, 10.0, 20.0)], stranded_before=0.0) == 1
     await store.calls.put_inputs(CALL, function_id, [NewInput(1, b"b", None)], True, 30.0)
-    assert await store.expiry.expired(100.0, 10) == []
+    assert await expired_calls(store, 100.0) == []
     [facts] = await store.expiry.unfinished(stranded_before=0.0, limit=10)
     assert (facts.call_id, facts.finished_at, facts.has_work) == (CALL, None, True)
 
@@ -120,4 +121,4 @@ async def test_a_call_with_work_is_not_marked_finished(store, make_function) -> 
     function_id = await make_function()
     await store.calls.create_call(CALL, function_id, MAP, [NewInput(0, b"a", None)], True, 1.0)
     assert await store.expiry.mark_finished([(CALL, 10.0, 20.0)], stranded_before=0.0) == 0
-    assert await store.expiry.expired(100.0, 10) == []
+    assert await expired_calls(store, 100.0) == []

@@ -12,6 +12,7 @@ from ember.control.clock import FakeClock
 from ember.control.expiry import DELIVERED_GRACE_S, Expiry, RetentionPolicy
 from ember.control.store import FinalResult, NewInput, Store, sqlite_url
 from ember.proto import api_pb2
+from tests.unit.control.store.expired import expired_calls
 
 # Sized so the test takes a few seconds: 4 rounds of one 10,000-input map (sent like the SDK's,
 # in batches of 1000), with arguments and results of a few hundred bytes: ~10 MB of file a round.
@@ -124,7 +125,7 @@ async def test_the_database_stays_bounded_across_repeated_large_maps_that_expire
             clock.advance(DELIVERED_GRACE_S + 1)
             report = await expiry.run_once()
             assert report.calls_deleted == 1
-            assert await store.expiry.expired(clock.now(), 10) == []
+            assert await expired_calls(store, clock.now()) == []
             after_expiry.append(file_bytes(path))
             assert not await store.calls.outputs_after(call_id, 0, 1)
     finally:
