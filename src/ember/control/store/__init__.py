@@ -19,6 +19,7 @@ from ember.control.store.calls import (
     NewInput,
     QueuedInput,
     StoredOutput,
+    first_lease,
     input_id,
     parse_input_id,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Store",
     "StoredOutput",
     "Worker",
+    "first_lease",
     "input_id",
     "parse_input_id",
     "sqlite_url",

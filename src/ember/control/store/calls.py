@@ -41,6 +41,11 @@ def parse_input_id(value: str) -> tuple[str, int]:
     return f"fc-{call}", int(idx)
 
 
+def _check_call_id(call_id: str) -> None:
+    if not CALL_ID.match(call_id):
+        raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
+
+
 @dataclass(frozen=True)
 class NewInput:
     idx: int
@@ -64,6 +69,20 @@ class LeasedInput:
     args_blob_id: str | None
     attempts: int
     container_id: str | None = None
+
+
+def first_lease(call_id: str, function_id: str, first: NewInput, container_id: str) -> LeasedInput:
+    """A call's first input as it is when `create_call_leasing_first` leases it to a container
+    (the dispatcher may hand it over before the call is stored)."""
+    return LeasedInput(
+        input_id(call_id, first.idx),
+        function_id,
+        first.idx,
+        first.args,
+        first.args_blob_id,
+        1,
+        container_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,9 @@ _INSERT_CALL = Prepared(
     lambda dialect: insert_ignore_for(dialect, schema.calls).values(_binds(*_CALL_COLUMNS))
 )
 _INSERT_INPUT = Prepared.of(schema.inputs.insert().values(_binds(*_INPUT_COLUMNS)))
+_CALL_STORED = Prepared.of(
+    sa.select(schema.calls.c.id).where(schema.calls.c.id == sa.bindparam("id"))
+)
 _OUTPUT_COLUMNS = ("call_id", "input_id", "idx", "gen_index", "result", "result_blob_id")
 # Outputs stored, skipping any stored before; returns those stored now.
 _STORE_OUTPUT = Prepared(
@@ -244,6 +266,13 @@ class CallStore:
         )
         return queued
 
+    async def is_stored(self, call_id: str) -> bool:
+        """Whether a call of this id is stored: one sent again by a client that lost its
+        answer. (Its id's form is checked first.)"""
+        _check_call_id(call_id)
+        async with self._engine.connect() as conn:
+            return bool((await conn.run(_CALL_STORED, {"id": call_id})).rows)
+
     async def create_call_leasing_first(
         self,
         call_id: str,
@@ -259,8 +288,7 @@ class CallStore:
         `(container_id, lease_expires_at)`: one transaction, where queueing the input and then
         leasing it take two. Returns the leased input (None when nothing was leased: no
         container given, or a call id seen before) and the queued ones."""
-        if not CALL_ID.match(call_id):
-            raise errors.InvalidError(f"call id {call_id!r} is not of the form fc-<hex>")
+        _check_call_id(call_id)
         async with self._engine.begin() as conn:
             inserted = await conn.run(
                 _INSERT_CALL,
@@ -286,15 +314,7 @@ class CallStore:
                         lease_expires_at=lease_expires_at,
                         attempts=1,
                     )
-                    leased = LeasedInput(
-                        str(first["id"]),
-                        function_id,
-                        new_inputs[0].idx,
-                        new_inputs[0].args,
-                        new_inputs[0].args_blob_id,
-                        1,
-                        container_id,
-                    )
+                    leased = first_lease(call_id, function_id, new_inputs[0], container_id)
                 if rows:
                     await conn.run(_INSERT_INPUT, rows)
                 queued = rows[1:] if leased is not None else rows

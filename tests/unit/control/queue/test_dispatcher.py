@@ -229,8 +229,8 @@ async def test_a_container_that_stopped_waiting_is_not_handed_a_call(
 async def test_an_input_handed_to_a_request_that_went_meanwhile_is_sent_on_the_next(
     store, dispatcher, function_id, monkeypatch
 ) -> None:
-    """The request gave up while the call's transaction ran (PostgreSQL awaits it): the input
-    stays leased to the container, whose next request is sent it."""
+    """The request went while the call's transaction ran (its answer was lost with it): the
+    input stays leased to the container, whose next request is sent it."""
     waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
     await until_waiting(waiting)
     store_it = store.calls.create_call_leasing_first
@@ -262,6 +262,129 @@ async def test_a_call_sent_again_leases_nothing_twice_and_the_container_keeps_wa
     )
     assert new == 0
     await until_waiting(second)  # handed nothing, it went back to waiting
+    assert [item.input_id for item in await store.calls.leased()] == [leased.input_id]
+    second.cancel()
+
+
+class HeldStore:
+    """Holds `create_call_leasing_first` until `release()` (or fails it with `fail`): what
+    happens while a call is being stored."""
+
+    def __init__(self, store: Store, monkeypatch) -> None:
+        self._store_it = store.calls.create_call_leasing_first
+        self._released = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.fail: Exception | None = None
+        monkeypatch.setattr(store.calls, "create_call_leasing_first", self._held)
+
+    async def _held(self, *args, **kwargs):
+        self.entered.set()
+        await self._released.wait()
+        if self.fail is not None:
+            raise self.fail
+        return await self._store_it(*args, **kwargs)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+async def create_while_held(dispatcher: Dispatcher, function_id: str, held: HeldStore):
+    """`create_call` of CALL as a task, returned once its transaction has begun."""
+    task = asyncio.create_task(
+        dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    )
+    await asyncio.wait_for(held.entered.wait(), 5)
+    return task
+
+
+async def test_a_waiting_container_is_handed_a_call_before_it_is_stored(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    """The call's transaction runs while its input travels: the container has it first."""
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    held = HeldStore(store, monkeypatch)
+    creating = await create_while_held(dispatcher, function_id, held)
+    [leased] = await asyncio.wait_for(waiting, 5)
+    assert not await store.calls.is_stored(CALL)
+    held.release()
+    assert await asyncio.wait_for(creating, 5) == 1
+    [stored] = await store.calls.leased(container_ids=["ta-1"])
+    assert (stored.input_id, stored.attempts) == (leased.input_id, 1)
+
+
+async def test_a_result_reported_while_its_call_is_stored_is_applied_after(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    held = HeldStore(store, monkeypatch)
+    creating = await create_while_held(dispatcher, function_id, held)
+    [leased] = await asyncio.wait_for(waiting, 5)
+    reporting = asyncio.create_task(dispatcher.report("ta-1", [input_result(leased.input_id)]))
+    await until_waiting(reporting)  # it waits for the call's transaction
+    held.release()
+    await asyncio.wait_for(asyncio.gather(creating, reporting), 5)
+    assert await statuses(store) == [(0, SUCCESS)]
+    assert await input_states(store) == {leased.input_id: schema.DONE}
+    assert dispatcher.holds("ta-1") == set()
+
+
+async def test_a_container_that_exits_while_its_call_is_stored_fails_it_after(
+    store, dispatcher, add_function, monkeypatch
+) -> None:
+    function_id = await add_function()  # no retries: the failure is final
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    held = HeldStore(store, monkeypatch)
+    creating = await create_while_held(dispatcher, function_id, held)
+    [leased] = await asyncio.wait_for(waiting, 5)
+    died = api_pb2.RESULT_STATUS_CONTAINER_DIED
+    exiting = asyncio.create_task(
+        dispatcher.container_exited("ta-1", died, "killed", [leased.input_id])
+    )
+    await until_waiting(exiting)
+    held.release()
+    await asyncio.wait_for(asyncio.gather(creating, exiting), 5)
+    assert await statuses(store) == [(0, died)]
+    assert await input_states(store) == {leased.input_id: schema.DONE}
+
+
+async def test_when_a_handed_call_cannot_be_stored_nothing_reported_on_it_is_applied(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    held = HeldStore(store, monkeypatch)
+    held.fail = OSError("the disk is full")
+    creating = await create_while_held(dispatcher, function_id, held)
+    [leased] = await asyncio.wait_for(waiting, 5)
+    held.release()
+    with pytest.raises(OSError, match="disk is full"):
+        await asyncio.wait_for(creating, 5)
+    assert dispatcher.holds("ta-1") == set()
+    await dispatcher.report("ta-1", [input_result(leased.input_id)])
+    assert await statuses(store) == []
+    assert dispatcher.running(function_id) == 0
+
+
+async def test_a_call_sent_again_while_it_is_being_stored_is_handed_once(
+    store, dispatcher, function_id, monkeypatch
+) -> None:
+    first = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(first)
+    held = HeldStore(store, monkeypatch)
+    creating = await create_while_held(dispatcher, function_id, held)
+    [leased] = await asyncio.wait_for(first, 5)
+    second = asyncio.create_task(dispatcher.take(function_id, "ta-2", want=1, wait_s=30))
+    await until_waiting(second)
+    again = asyncio.create_task(
+        dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
+    )
+    await until_waiting(again)  # it waits for the first to be stored
+    held.release()
+    assert await asyncio.wait_for(asyncio.gather(creating, again), 5) == [1, 0]
+    await until_waiting(second)  # handed nothing
     assert [item.input_id for item in await store.calls.leased()] == [leased.input_id]
     second.cancel()
 

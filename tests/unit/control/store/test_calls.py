@@ -12,6 +12,7 @@ from ember.control.store import (
     FinalResult,
     NewInput,
     Store,
+    first_lease,
     input_id,
     parse_input_id,
     schema,
@@ -54,6 +55,8 @@ async def test_create_call_leasing_first_stores_the_first_input_leased_the_rest_
     assert leased is not None
     assert (leased.input_id, leased.idx, leased.args) == (input_id(CALL, 0), 0, b"args-0")
     assert (leased.attempts, leased.container_id) == (1, "ta-1")
+    # What the dispatcher hands a waiting container before the call is stored.
+    assert leased == first_lease(CALL, function_id, new_inputs(0)[0], "ta-1")
     assert [q.input_id for q in queued] == [input_id(CALL, 1), input_id(CALL, 2)]
     assert await states(store) == {0: schema.LEASED, 1: schema.QUEUED, 2: schema.QUEUED}
     [stored] = await store.calls.leased(container_ids=["ta-1"])
@@ -109,10 +112,26 @@ async def test_create_call_repeated_with_more_inputs_stores_only_the_missing(
     assert (call.num_inputs, call.inputs_complete) == (2, True)
 
 
-@pytest.mark.parametrize("bad", ["", "call-1", "fc-XYZ0000000000000", "fc-abc", "fc-" + "a" * 40])
+MALFORMED_CALL_IDS = ["", "call-1", "fc-XYZ0000000000000", "fc-abc", "fc-" + "a" * 40]
+
+
+@pytest.mark.parametrize("bad", MALFORMED_CALL_IDS)
 async def test_create_call_rejects_a_malformed_call_id(store, function_id, bad: str) -> None:
     with pytest.raises(errors.InvalidError, match="fc-<hex>"):
         await store.calls.create_call(bad, function_id, REMOTE, new_inputs(0), True, 1.0)
+
+
+async def test_is_stored_tells_a_call_sent_again_from_a_new_one(store, function_id) -> None:
+    assert not await store.calls.is_stored(CALL)
+    await store.calls.create_call(CALL, function_id, REMOTE, new_inputs(0), True, 10.0)
+    assert await store.calls.is_stored(CALL)
+    assert not await store.calls.is_stored("fc-" + "cd" * 8)
+
+
+@pytest.mark.parametrize("bad", MALFORMED_CALL_IDS)
+async def test_is_stored_rejects_a_malformed_call_id(store, bad: str) -> None:
+    with pytest.raises(errors.InvalidError, match="fc-<hex>"):
+        await store.calls.is_stored(bad)
 
 
 async def test_get_call_unknown_is_not_found(store) -> None:
