@@ -96,38 +96,43 @@ class ControlPlane:
         if info is None:
             function = await self.store.apps.function(function_id)
             info = FunctionInfo(function.function_id, function.app_id, function.definition)
-            self.cluster.functions[function_id] = info
+            self.cluster.remember_function(info)
         return info
 
     async def restore(self) -> None:
         """Rebuild the live view from the store after a (re)start."""
         now = self.clock.now()
         live_apps = await self.store.apps.list(include_stopped=False)
-        self.cluster.live_apps = {app.app_id for app in live_apps}
+        live_ids = [app.app_id for app in live_apps]
         # Clients could not heartbeat while we were down: their apps get a fresh window too.
         await self.store.apps.heartbeat(
             [app.app_id for app in live_apps if app.state == api_pb2.APP_STATE_EPHEMERAL], now
         )
-        for function in await self.store.apps.functions_of(list(self.cluster.live_apps)):
-            self.cluster.functions[function.function_id] = FunctionInfo(
-                function.function_id, function.app_id, function.definition
-            )
-        for worker in await self.store.cluster.workers():
+        self.cluster.restore(
+            live_ids,
+            [
+                FunctionInfo(f.function_id, f.app_id, f.definition)
+                for f in await self.store.apps.functions_of(live_ids)
+            ],
             # Workers get a fresh heartbeat window to reconnect after our restart.
-            self.cluster.workers[worker.worker_id] = LiveWorker(
-                worker.worker_id, worker.hostname, worker.cpu, worker.memory_mb, now
-            )
-        for c in await self.store.cluster.live_containers():
-            self.cluster.containers[c.container_id] = LiveContainer(
-                c.container_id,
-                c.app_id,
-                c.function_id,
-                c.worker_id,
-                c.cpu,
-                c.memory_mb,
-                c.state,
-                c.created_at,
-            )
+            [
+                LiveWorker(w.worker_id, w.hostname, w.cpu, w.memory_mb, now)
+                for w in await self.store.cluster.workers()
+            ],
+            [
+                LiveContainer(
+                    c.container_id,
+                    c.app_id,
+                    c.function_id,
+                    c.worker_id,
+                    c.cpu,
+                    c.memory_mb,
+                    c.state,
+                    c.created_at,
+                )
+                for c in await self.store.cluster.live_containers()
+            ],
+        )
         await self.dispatcher.restore()
         # Definitions of every function with containers or work, stopped apps' included.
         functions = {c.function_id for c in self.cluster.containers.values()}

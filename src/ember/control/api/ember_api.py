@@ -64,7 +64,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
         app_id = await self._plane.store.apps.create(
             request.name, state, self._plane.clock.now(), request.client_key
         )
-        self._plane.cluster.live_apps.add(app_id)
+        self._plane.cluster.app_live(app_id)
         return api_pb2.AppCreateResponse(app_id=app_id)
 
     @translate_errors
@@ -86,7 +86,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
         app, ids, replaced = await self._plane.store.apps.deploy(
             request.name, request.source_blob_id, list(request.functions), self._plane.clock.now()
         )
-        self._plane.cluster.live_apps.add(app.app_id)
+        self._plane.cluster.app_live(app.app_id)
         for definition in request.functions:
             self._remember(ids[definition.name], app.app_id, definition)
         if replaced:
@@ -96,7 +96,7 @@ class EmberService(api_pb2_grpc.EmberServicer):
     def _remember(
         self, function_id: str, app_id: str, definition: api_pb2.FunctionDefinition
     ) -> None:
-        self._plane.cluster.functions[function_id] = FunctionInfo(function_id, app_id, definition)
+        self._plane.cluster.remember_function(FunctionInfo(function_id, app_id, definition))
         if definition.autoscaling.min_containers > 0:
             self._plane.scheduler.poke()
 

@@ -10,7 +10,6 @@ import grpc
 from ember import errors
 from ember.control.api.errors import translate_errors
 from ember.control.ids import new_id
-from ember.control.scheduler.cluster import LiveWorker
 from ember.control.store import LogLine, schema
 from ember.proto import api_pb2, api_pb2_grpc
 
@@ -29,21 +28,13 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         self, request: api_pb2.WorkerRegisterRequest, context: Context
     ) -> api_pb2.WorkerRegisterResponse:
         worker_id = request.worker_id or new_id("wk")
-        now = self._plane.clock.now()
-        cpu, memory_mb = request.capacity.cpu, int(request.capacity.memory_mb)
-        await self._plane.store.cluster.register_worker(
-            worker_id, request.hostname, cpu, memory_mb, now
+        await self._plane.scheduler.register_worker(
+            worker_id,
+            request.hostname,
+            request.capacity.cpu,
+            int(request.capacity.memory_mb),
+            started=request.started,
         )
-        workers = self._plane.cluster.workers
-        if worker_id in workers:  # reconnecting: keep its queue of orders
-            worker = workers[worker_id]
-            worker.hostname, worker.cpu, worker.memory_mb = request.hostname, cpu, memory_mb
-            worker.last_heartbeat_at = now
-        else:
-            workers[worker_id] = LiveWorker(worker_id, request.hostname, cpu, memory_mb, now)
-        if request.started:
-            await self._plane.scheduler.worker_started(worker_id)
-        self._plane.scheduler.poke()
         return api_pb2.WorkerRegisterResponse(
             worker_id=worker_id, image_store_url=self._plane.chunks.url
         )
@@ -86,10 +77,7 @@ class WorkersService(api_pb2_grpc.WorkersServicer):
         if container is None or container.state == schema.STOPPING:
             return api_pb2.ContainerExchangeResponse(stop=True)
         if container.state == schema.STARTING:
-            container.state = schema.RUNNING
-            await plane.store.cluster.set_container_state(
-                [container.container_id], schema.RUNNING, plane.clock.now()
-            )
+            await plane.scheduler.container_running(container.container_id)
         leased = await plane.dispatcher.take(
             container.function_id, container.container_id, request.want_inputs, request.wait_s
         )

@@ -150,7 +150,7 @@ class Scheduler:
             state=schema.STARTING,
             created_at=self._clock.now(),
         )
-        self._cluster.containers[container.container_id] = container
+        self._cluster.add_container(container)
         await self._store.cluster.add_container(
             Container(
                 container.container_id,
@@ -207,7 +207,7 @@ class Scheduler:
         if container is None or container.state == schema.STOPPING:
             return
         log.info("stopping container %s: %s", container_id, reason)
-        container.state = schema.STOPPING
+        self._cluster.set_container_state(container_id, schema.STOPPING)
         await self._store.cluster.set_container_state(
             [container_id], schema.STOPPING, self._clock.now()
         )
@@ -222,7 +222,7 @@ class Scheduler:
         message: str,
         inflight: Sequence[str],
     ) -> None:
-        container = self._cluster.containers.pop(container_id, None)
+        container = self._cluster.remove_container(container_id)
         await self._store.cluster.set_container_state(
             [container_id], schema.STOPPED, self._clock.now(), message
         )
@@ -236,7 +236,7 @@ class Scheduler:
 
     async def stop_apps(self, app_ids: Sequence[str]) -> None:
         stopped = await self._store.apps.stop(app_ids, self._clock.now())
-        self._cluster.live_apps.difference_update(app_ids)
+        self._cluster.apps_stopped(app_ids)
         functions = [f.function_id for f in self._cluster.functions.values() if f.app_id in app_ids]
         if functions:
             await self._store.calls.cancel_function_inputs(functions)
@@ -257,10 +257,8 @@ class Scheduler:
     async def worker_heartbeat(self, worker_id: str, alive: Sequence[str]) -> None:
         """Renew the leases of a worker's containers and reconcile the two views of them."""
         now = self._clock.now()
-        worker = self._cluster.workers.get(worker_id)
-        if worker is None:
+        if not self._cluster.worker_heard(worker_id, now):
             return
-        worker.last_heartbeat_at = now
         await self._store.cluster.heartbeat_worker(worker_id, now)
         await self._dispatcher.renew_leases(alive)
         reported = set(alive)
@@ -279,6 +277,28 @@ class Scheduler:
                 )
         for container_id in reported - set(self._cluster.containers):
             self._cluster.order(worker_id, api_pb2.WorkerOrder(stop_container_id=container_id))
+
+    async def register_worker(
+        self, worker_id: str, hostname: str, cpu: float, memory_mb: int, *, started: bool
+    ) -> None:
+        """A worker registered: new, reconnecting (its orders kept), or `started` again under
+        its old id (see `worker_started`)."""
+        now = self._clock.now()
+        await self._store.cluster.register_worker(worker_id, hostname, cpu, memory_mb, now)
+        self._cluster.register_worker(worker_id, hostname, cpu, memory_mb, now)
+        if started:
+            await self.worker_started(worker_id)
+        self.poke()
+
+    async def container_running(self, container_id: str) -> None:
+        """A starting container asked for its first input: it is up."""
+        container = self._cluster.containers.get(container_id)
+        if container is None or container.state != schema.STARTING:
+            return
+        self._cluster.set_container_state(container_id, schema.RUNNING)
+        await self._store.cluster.set_container_state(
+            [container_id], schema.RUNNING, self._clock.now()
+        )
 
     async def worker_started(self, worker_id: str) -> None:
         """A worker process started again under its old id: it removed the containers of its

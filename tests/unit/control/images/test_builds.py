@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ember.control.clock import FakeClock
 from ember.control.images.builds import ImageBuilds
-from ember.control.scheduler.cluster import Cluster, LiveWorker
+from ember.control.scheduler.cluster import Cluster
 from ember.control.store import ImageRecord, Store
 from ember.imagefs import content, manifest
 from ember.imagefs.pack import pack_tree
@@ -67,7 +67,7 @@ async def test_a_deletion_running_while_an_image_builds_leaves_it_every_chunk(
     old = packed(tmp_path / "old", {"shared": SHARED, "own": b"only the old image's"}, chunks)
     await store.images.add(ImageRecord(old, "", "old", 1, 2, clock.now()), "key-of-old")
     cluster = Cluster()
-    cluster.workers["wk-1"] = LiveWorker("wk-1", "host", 2.0, 1024, clock.now())
+    cluster.register_worker("wk-1", "host", 2.0, 1024, clock.now())
     builds = ImageBuilds(store, cluster, chunks, clock)
 
     deleting = asyncio.create_task(builds.delete(old, in_use=set()))

@@ -7,7 +7,7 @@ import pytest
 
 from ember.control.clock import FakeClock
 from ember.control.queue.dispatcher import Dispatcher
-from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer, LiveWorker
+from ember.control.scheduler.cluster import Cluster, FunctionInfo, LiveContainer
 from ember.control.scheduler.scheduler import WORKER_TIMEOUT_S, Scheduler
 from ember.control.server import ControlPlane
 from ember.control.store import Container, NewInput, Store, schema
@@ -28,7 +28,7 @@ def world(store, clock) -> World:
     cluster = Cluster()
     dispatcher = Dispatcher(store, clock, cluster.definition, cluster.count_containers)
     scheduler = Scheduler(store, clock, cluster, dispatcher)
-    cluster.workers["wk-1"] = LiveWorker("wk-1", "host-a", 1.0, 1024, clock.now())
+    cluster.register_worker("wk-1", "host-a", 1.0, 1024, clock.now())
     return World(store, clock, cluster, dispatcher, scheduler)
 
 
@@ -44,8 +44,8 @@ def definition(name: str, cpu: float, min_containers: int = 0) -> api_pb2.Functi
 async def add_function(world: World, make_function, d: api_pb2.FunctionDefinition) -> str:
     function_id = await make_function(d)
     app_id = (await world.store.apps.function(function_id)).app_id
-    world.cluster.functions[function_id] = FunctionInfo(function_id, app_id, d)
-    world.cluster.live_apps.add(app_id)
+    world.cluster.remember_function(FunctionInfo(function_id, app_id, d))
+    world.cluster.app_live(app_id)
     return function_id
 
 
@@ -58,8 +58,8 @@ async def submit(store: Store, function_id: str, call_id: str) -> list:
 
 def add_running(world: World, container_id: str, function_id: str, cpu: float) -> None:
     info = world.cluster.functions[function_id]
-    world.cluster.containers[container_id] = LiveContainer(
-        container_id, info.app_id, function_id, "wk-1", cpu, 128, schema.RUNNING, 0.0
+    world.cluster.add_container(
+        LiveContainer(container_id, info.app_id, function_id, "wk-1", cpu, 128, schema.RUNNING, 0.0)
     )
 
 
@@ -165,9 +165,36 @@ async def test_a_worker_given_up_then_back_gets_its_orders_on_the_stream_it_kept
     await world.scheduler.reap()
     assert "wk-1" not in world.cluster.workers
     assert world.scheduler.waiting_reason(function_id) == "no worker connected"
-    world.cluster.workers["wk-1"] = LiveWorker("wk-1", "host-a", 1.0, 1024, world.clock.now())
+    await world.scheduler.register_worker("wk-1", "host-a", 1.0, 1024, started=False)
     await world.scheduler.tick()
     assert world.cluster.orders("wk-1") is stream_queue
     [order] = orders(world)
     assert order.start.function_id == function_id
     assert world.scheduler.waiting_reason(function_id) == ""
+
+
+async def test_a_starting_container_that_asks_for_inputs_is_running_in_both_views(
+    world, make_function
+) -> None:
+    function_id = await add_function(world, make_function, definition("f", cpu=0.5))
+    world.dispatcher.enqueue(await submit(world.store, function_id, "fc-" + "ab" * 16))
+    await world.scheduler.tick()
+    [container_id] = states(world)
+    await world.scheduler.container_running(container_id)
+    assert states(world) == {container_id: schema.RUNNING}
+    [stored] = await world.store.cluster.live_containers()
+    assert stored.state == schema.RUNNING
+    await world.scheduler.stop_container(container_id, "its app stopped")
+    await world.scheduler.container_running(container_id)  # a late request changes nothing
+    assert states(world) == {container_id: schema.STOPPING}
+
+
+async def test_a_worker_registering_as_started_again_loses_its_earlier_containers(
+    world, make_function
+) -> None:
+    function_id = await add_function(world, make_function, definition("f", cpu=0.5))
+    add_running(world, "ta-old", function_id, 0.5)
+    await world.scheduler.register_worker("wk-1", "host-a", 1.0, 1024, started=False)
+    assert set(states(world)) == {"ta-old"}  # reconnecting: its containers live on
+    await world.scheduler.register_worker("wk-1", "host-a", 1.0, 1024, started=True)
+    assert states(world) == {}
