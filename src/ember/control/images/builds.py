@@ -189,6 +189,23 @@ class ImageBuilds:
         if queue is not None:  # else: the caller went away; the built image stays in the store
             queue.put_nowait(report)
 
+    async def summaries(self) -> list[api_pb2.ImageInfo]:
+        """Every built image's record."""
+        return [_summary(record) for record in await self._store.images.list()]
+
+    async def describe(self, image_id: str) -> tuple[api_pb2.ImageInfo, list[str]]:
+        """An image's record and config (`info`), and the steps that built it, first first."""
+        record = await self._store.images.get(image_id)
+        if record is None:
+            raise errors.NotFoundError(f"image {image_id!r} not found")
+        steps, ancestor = [], record
+        while ancestor is not None:
+            steps.insert(0, ancestor.step)
+            ancestor = (
+                await self._store.images.get(ancestor.parent_id) if ancestor.parent_id else None
+            )
+        return await self.info(record), steps
+
     async def info(self, record: ImageRecord) -> api_pb2.ImageInfo:
         """The record with the image's config, read from its content index."""
         loaded, _ = await asyncio.to_thread(index.load, self._chunks, record.image_id)

@@ -102,6 +102,14 @@ class Cluster:
             )
         return capacities
 
+    def images_in_use(self) -> set[str]:
+        """The images of the live apps' functions."""
+        return {
+            info.definition.image_id
+            for info in self._functions.values()
+            if info.app_id in self._live_apps
+        }
+
     def orders(self, worker_id: str) -> asyncio.Queue[api_pb2.WorkerOrder]:
         """The queue a worker's order stream reads."""
         return self._orders.setdefault(worker_id, asyncio.Queue())

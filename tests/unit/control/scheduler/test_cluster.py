@@ -90,3 +90,12 @@ def test_restore_replaces_the_whole_view() -> None:
     assert set(cluster.functions) == {"fu-1"}
     assert set(cluster.workers) == {"wk-1"}
     assert set(cluster.containers) == {"ta-1"}
+
+
+def test_images_in_use_are_those_of_live_apps_functions() -> None:
+    cluster = Cluster()
+    cluster.app_live("ap-live")
+    for function_id, app_id, image_id in (("fu-1", "ap-live", "im-a"), ("fu-2", "ap-gone", "im-b")):
+        definition = api_pb2.FunctionDefinition(name=function_id, image_id=image_id)
+        cluster.remember_function(FunctionInfo(function_id, app_id, definition))
+    assert cluster.images_in_use() == {"im-a"}
