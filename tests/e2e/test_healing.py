@@ -196,3 +196,44 @@ def test_cluster_stop_leaves_nothing_on_the_host() -> None:
     finally:
         ember("cluster", "stop")
         subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+def test_a_cluster_whose_directory_was_removed_stops_and_leaves_nothing() -> None:
+    """Its data directory deleted under it, nothing could find the cluster again (`ember
+    cluster stop`, the next `ember run`): it stops itself rather than run on for ever."""
+    data_dir = Path(tempfile.mkdtemp(prefix="ember-orphan-"))
+    env = {**os.environ, "EMBER_DATA_DIR": str(data_dir)}
+    pids: list[int] = []
+    try:
+        used = subprocess.run(
+            [sys.executable, "-m", "ember", "run", str(APPS / "healing.py::greet")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert used.returncode == 0, used.stderr
+        cluster_dir = data_dir / "cluster"
+        pids = [int((cluster_dir / f"{name}.pid").read_text()) for name in _PARTS]
+        subprocess.run(["rm", "-rf", str(cluster_dir)], check=True)
+        _wait_until(lambda: not any(_running(pid) for pid in pids), 60, "the cluster to stop")
+        assert find_leftovers(data_dir) == []
+    finally:
+        if pids and _running(pids[0]):  # it did not stop: stop it as `ember cluster stop` would
+            os.kill(pids[0], signal.SIGTERM)
+            _wait_until(lambda: not any(_running(pid) for pid in pids), 120, "the cluster to stop")
+        subprocess.run([sys.executable, "-m", "ember", "cluster", "stop"], env=env, check=False)
+        subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+_PARTS = ("supervisor", "control", "worker")
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

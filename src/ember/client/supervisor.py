@@ -14,6 +14,10 @@ then the control plane, then the host's imagefs daemon, then whatever they left 
 (`leftovers.remove_leftovers`). SIGUSR1 starts the worker again at once, with the environment
 `cluster/worker.env` holds (`local_cluster.restart_worker`). The children get SIGTERM if the
 supervisor itself dies (PR_SET_PDEATHSIG), so no part outlives it.
+
+A cluster whose `cluster/` directory was removed (its data directory deleted under it) stops as on
+SIGTERM: nothing could find it any more (`ember cluster stop` and the next `ember run` look for it
+there), so it would run on beside the next one for ever.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ STOP_CONTROL_S = 10.0
 FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 10.0
 HEALTHY_AFTER_S = 30.0  # a part that ran this long before it died is started again at once
+DIRECTORY_CHECK_S = 2.0  # how often the supervisor looks for its cluster directory
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -169,7 +174,12 @@ class Supervisor:
                 for part in parts:
                     if part.pidfd >= 0:
                         selector.register(part.pidfd, selectors.EVENT_READ, part)
-                ready = selector.select(max(0.0, min(waits)) if waits else None)
+                ready = selector.select(max(0.0, min([*waits, DIRECTORY_CHECK_S])))
+            if not self._cluster_dir.is_dir():
+                log.warning(
+                    "%s was removed: nothing can find this cluster; stopping it", self._cluster_dir
+                )
+                return
             for key, _ in ready:
                 if key.fd == wakeup_read:
                     while True:  # the signal handlers ran already; empty the pipe
