@@ -288,24 +288,25 @@ class HeldStore:
         self._released.set()
 
 
-async def create_while_held(dispatcher: Dispatcher, function_id: str, held: HeldStore):
-    """`create_call` of CALL as a task, returned once its transaction has begun."""
-    task = asyncio.create_task(
+async def hand_while_held(dispatcher: Dispatcher, function_id: str, held: HeldStore):
+    """Container ta-1 waits, then CALL is made: returns the `create_call` task, its transaction
+    begun and held, and the input ta-1 was handed meanwhile."""
+    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
+    await until_waiting(waiting)
+    creating = asyncio.create_task(
         dispatcher.create_call(CALL, function_id, api_pb2.CALL_KIND_REMOTE, one_input(), True)
     )
     await asyncio.wait_for(held.entered.wait(), 5)
-    return task
+    [leased] = await asyncio.wait_for(waiting, 5)
+    return creating, leased
 
 
 async def test_a_waiting_container_is_handed_a_call_before_it_is_stored(
     store, dispatcher, function_id, monkeypatch
 ) -> None:
     """The call's transaction runs while its input travels: the container has it first."""
-    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
-    await until_waiting(waiting)
     held = HeldStore(store, monkeypatch)
-    creating = await create_while_held(dispatcher, function_id, held)
-    [leased] = await asyncio.wait_for(waiting, 5)
+    creating, leased = await hand_while_held(dispatcher, function_id, held)
     assert not await store.calls.is_stored(CALL)
     held.release()
     assert await asyncio.wait_for(creating, 5) == 1
@@ -316,11 +317,8 @@ async def test_a_waiting_container_is_handed_a_call_before_it_is_stored(
 async def test_a_result_reported_while_its_call_is_stored_is_applied_after(
     store, dispatcher, function_id, monkeypatch
 ) -> None:
-    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
-    await until_waiting(waiting)
     held = HeldStore(store, monkeypatch)
-    creating = await create_while_held(dispatcher, function_id, held)
-    [leased] = await asyncio.wait_for(waiting, 5)
+    creating, leased = await hand_while_held(dispatcher, function_id, held)
     reporting = asyncio.create_task(dispatcher.report("ta-1", [input_result(leased.input_id)]))
     await until_waiting(reporting)  # it waits for the call's transaction
     held.release()
@@ -334,11 +332,8 @@ async def test_a_container_that_exits_while_its_call_is_stored_fails_it_after(
     store, dispatcher, add_function, monkeypatch
 ) -> None:
     function_id = await add_function()  # no retries: the failure is final
-    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
-    await until_waiting(waiting)
     held = HeldStore(store, monkeypatch)
-    creating = await create_while_held(dispatcher, function_id, held)
-    [leased] = await asyncio.wait_for(waiting, 5)
+    creating, leased = await hand_while_held(dispatcher, function_id, held)
     died = api_pb2.RESULT_STATUS_CONTAINER_DIED
     exiting = asyncio.create_task(
         dispatcher.container_exited("ta-1", died, "killed", [leased.input_id])
@@ -353,12 +348,9 @@ async def test_a_container_that_exits_while_its_call_is_stored_fails_it_after(
 async def test_when_a_handed_call_cannot_be_stored_nothing_reported_on_it_is_applied(
     store, dispatcher, function_id, monkeypatch
 ) -> None:
-    waiting = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
-    await until_waiting(waiting)
     held = HeldStore(store, monkeypatch)
     held.fail = OSError("the disk is full")
-    creating = await create_while_held(dispatcher, function_id, held)
-    [leased] = await asyncio.wait_for(waiting, 5)
+    creating, leased = await hand_while_held(dispatcher, function_id, held)
     held.release()
     with pytest.raises(OSError, match="disk is full"):
         await asyncio.wait_for(creating, 5)
@@ -371,11 +363,8 @@ async def test_when_a_handed_call_cannot_be_stored_nothing_reported_on_it_is_app
 async def test_a_call_sent_again_while_it_is_being_stored_is_handed_once(
     store, dispatcher, function_id, monkeypatch
 ) -> None:
-    first = asyncio.create_task(dispatcher.take(function_id, "ta-1", want=1, wait_s=30))
-    await until_waiting(first)
     held = HeldStore(store, monkeypatch)
-    creating = await create_while_held(dispatcher, function_id, held)
-    [leased] = await asyncio.wait_for(first, 5)
+    creating, leased = await hand_while_held(dispatcher, function_id, held)
     second = asyncio.create_task(dispatcher.take(function_id, "ta-2", want=1, wait_s=30))
     await until_waiting(second)
     again = asyncio.create_task(
